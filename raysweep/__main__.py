@@ -1,0 +1,5 @@
+import sys
+
+from raysweep.launch import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""Run one cell of the grid, without Ray: data(N, seed) → model(P) → method.fit → metrics → rows.
+
+`raysweep.trial` wraps this for Ray Tune; tests and notebooks call it directly.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from typing import Callable
+
+import numpy as np
+import torch
+
+from raysweep.evaluate import evaluate
+from raysweep.experiment import Train
+from raysweep.methods import METHODS, MethodOptions
+from raysweep.methods.training import TrainingDiverged, epochs_for
+from raysweep.models import MODELS, count_parameters
+from raysweep.tasks import TASKS
+
+Report = Callable[[list[dict]], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
+    """Train and evaluate one cell. Epoch rows go to `report` as they happen; the final rows
+    (one per evaluation split, or one failed row) are reported and returned."""
+    started = time.time()
+    attempt = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"  # sorts by time: the latest attempt wins
+    seed_everything(cell["seed"])
+    task_config = dict(cell["task"])
+    task = TASKS[task_config.pop("name")](**task_config)
+    data = task.load(cell["n"], cell["seed"], cell["ood"], cell["eval"]["max_examples"])
+    model = _model(cell)
+    params = count_parameters(model.build(data.input_dim, data.output_dim)) if model else data.input_dim
+    base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params}
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        report([base | {"kind": "epoch", "split": "train", "epoch": epoch, "loss": loss,
+                        "status": "ok", "wall_time_s": time.time() - started}])
+
+    method = METHODS[cell["method"]]
+    options = MethodOptions().options_of(cell["method"], cell["method_options"])
+    train = Train(**cell["train"])
+    try:
+        posterior = method.fit(data, model, options, train, cell["seed"], on_epoch, device)
+    except TrainingDiverged as exc:  # deterministic: a retry would diverge again
+        rows = [base | {"kind": "final", "split": None, "status": "failed", "error": str(exc),
+                        "wall_time_s": time.time() - started}]
+        report(rows)
+        return rows
+    metrics = evaluate(posterior, data, cell["eval"]["ece_bins"])
+    elapsed = time.time() - started
+    epochs = epochs_for(train, cell["n"]) if model else 0
+    rows = [base | {"kind": "final", "split": split, "epoch": epochs, "status": "ok",
+                    "wall_time_s": elapsed} | values for split, values in metrics.items()]
+    report(rows)
+    return rows
+
+
+def _model(cell: dict):
+    if cell["model"] is None:
+        return None
+    config = dict(cell["model"])
+    return MODELS[config.pop("name")](**config)

@@ -1,0 +1,279 @@
+"""An experiment: one frozen, fully validated description of a whole sweep.
+
+An experiment file is plain Python that defines `experiment = Experiment(...)`. Everything here is
+checked before Ray starts, so a typo costs a second, not a cluster hour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import runpy
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+
+from raysweep.methods import METHODS, MethodOptions
+from raysweep.models import MODELS
+from raysweep.tasks import TASKS
+
+
+class ExperimentError(ValueError):
+    """Bad experiment file, bad override or bad grid. Raised before any work starts."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    n: tuple[int, ...]  # training-set sizes (examples)
+    sizes: tuple[int, ...]  # values of the model's size knob (e.g. MLP width)
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    ood: tuple[str, ...] = ()  # OOD evaluation sets offered by the task
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = 30
+    min_steps: int = 0  # small N get more epochs so every cell takes at least this many steps
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Eval:
+    max_examples: int = 2000  # cap on each evaluation / OOD set
+    ece_bins: int = 15
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0
+    gpus: float = 0.0
+    max_retries: int = 2  # a cell whose worker dies is retried this many times
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    task: typing.Any  # a task config from raysweep.tasks
+    model: typing.Any  # a model config from raysweep.models
+    grid: Grid
+    train: Train = field(default_factory=Train)
+    eval: Eval = field(default_factory=Eval)
+    methods: MethodOptions = field(default_factory=MethodOptions)
+    resources: Resources = field(default_factory=Resources)
+
+    def validate(self) -> "Experiment":
+        _validate(self)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading an experiment file
+
+def load(path: str | Path) -> Experiment:
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"experiment file {str(path)!r} does not exist")
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as exc:  # the user's file: report what it raised, not a traceback of ours
+        raise ExperimentError(f"experiment file {str(path)!r} raised {type(exc).__name__}: {exc}") from exc
+    if "experiment" not in namespace:
+        raise ExperimentError(f"experiment file {str(path)!r} defines no `experiment = Experiment(...)`")
+    experiment = namespace["experiment"]
+    if not isinstance(experiment, Experiment):
+        raise ExperimentError(
+            f"`experiment` in {str(path)!r} is a {type(experiment).__name__}, expected raysweep.Experiment"
+        )
+    return experiment
+
+
+# ---------------------------------------------------------------------------------------------
+# --set key=value overrides
+
+def override_keys(obj, prefix: str = "") -> list[str]:
+    """Every dotted key that `--set` accepts for this object."""
+    keys = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            keys += override_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def apply_overrides(experiment: Experiment, assignments: list[str]) -> Experiment:
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep:
+            raise ExperimentError(f"--set {assignment!r}: expected key=value, e.g. --set grid.seeds=0,1")
+        experiment = _set(experiment, key.strip().split("."), text.strip(), key.strip(), experiment)
+    return experiment
+
+
+def _set(obj, parts: list[str], text: str, key: str, root):
+    names = {f.name: f for f in fields(obj)}
+    head = parts[0]
+    if head not in names or (len(parts) > 1 and not is_dataclass(getattr(obj, head))):
+        valid = ", ".join(override_keys(root))
+        raise ExperimentError(f"--set: unknown key {key!r}; valid keys: {valid}")
+    current = getattr(obj, head)
+    if len(parts) > 1:
+        return replace(obj, **{head: _set(current, parts[1:], text, key, root)})
+    if is_dataclass(current):
+        raise ExperimentError(f"--set: {key!r} is a section; set one of its fields, e.g. {key}.{fields(current)[0].name}")
+    hint = typing.get_type_hints(type(obj))[head]
+    return replace(obj, **{head: parse_value(text, hint, key)})
+
+
+def parse_value(text: str, hint, key: str):
+    """Parse `text` as the annotated type: int, float, str, bool or a tuple of one of those."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        items = text.strip("[]()").split(",") if text.strip("[]() ") else []
+        return tuple(parse_value(item.strip(), item_type, key) for item in items)
+    if hint is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ExperimentError(f"--set {key}={text!r}: expected a bool (true or false)")
+    if hint in (int, float):
+        try:
+            return hint(text)
+        except ValueError:
+            raise ExperimentError(f"--set {key}={text!r}: expected {hint.__name__}") from None
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# --smoke
+
+def smoke(experiment: Experiment) -> Experiment:
+    """The same experiment shrunk to seconds: two smallest N, smallest size, one seed, one epoch."""
+    grid = experiment.grid
+    return replace(
+        experiment,
+        grid=replace(grid, n=tuple(sorted(grid.n)[:2]), sizes=tuple(sorted(grid.sizes)[:1]), seeds=grid.seeds[:1]),
+        train=replace(experiment.train, epochs=1, min_steps=0),
+        eval=replace(experiment.eval, max_examples=min(experiment.eval.max_examples, 200)),
+        methods=experiment.methods.smoke(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+def _validate(e: Experiment) -> None:
+    if not isinstance(e.name, str) or not e.name or "/" in e.name:
+        raise ExperimentError(f"experiment name {e.name!r} must be a non-empty string without '/'")
+    task_names = {cls: name for name, cls in TASKS.items()}
+    if type(e.task) not in task_names:
+        raise ExperimentError(f"unknown task {e.task!r}; allowed: {', '.join(TASKS)}")
+    model_names = {cls: name for name, cls in MODELS.items()}
+    if type(e.model) not in model_names:
+        raise ExperimentError(f"unknown model {e.model!r}; allowed: {', '.join(MODELS)}")
+    g = e.grid
+    for axis in ("n", "sizes", "methods", "seeds"):
+        if len(getattr(g, axis)) == 0:
+            raise ExperimentError(f"grid.{axis} is empty: the grid has no cells")
+    for axis in ("n", "sizes", "methods", "seeds", "ood"):
+        values = getattr(g, axis)
+        if len(set(values)) != len(values):
+            raise ExperimentError(f"grid.{axis} has repeated values: {values}")
+    bad_n = [n for n in g.n if not isinstance(n, int) or n <= 0]
+    if bad_n:
+        raise ExperimentError(f"grid.n must hold positive integers, got {bad_n}")
+    available = e.task.available_train_size()
+    too_big = [n for n in g.n if n > available]
+    if too_big:
+        raise ExperimentError(
+            f"grid.n value(s) {too_big} exceed the {available} training examples task "
+            f"{task_names[type(e.task)]!r} has"
+        )
+    bad_sizes = [s for s in g.sizes if not isinstance(s, int) or s <= 0]
+    if bad_sizes:
+        raise ExperimentError(f"grid.sizes (model {e.model.size_knob}) must be positive integers, got {bad_sizes}")
+    for method in g.methods:
+        if method not in METHODS:
+            raise ExperimentError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+        problem = METHODS[method].unsupported(e.task)
+        if problem:
+            raise ExperimentError(f"method {method!r} cannot run task {task_names[type(e.task)]!r}: {problem}")
+    offered = e.task.ood_sets()
+    for name in g.ood:
+        if name not in offered:
+            raise ExperimentError(f"unknown OOD set {name!r} for this task; allowed: {', '.join(offered) or 'none'}")
+    if any(not isinstance(s, int) or s < 0 for s in g.seeds):
+        raise ExperimentError(f"grid.seeds must be non-negative integers, got {g.seeds}")
+    _positive(e.train, ("epochs", "batch_size", "lr"), "train")
+    _positive(e.eval, ("max_examples", "ece_bins"), "eval")
+    if e.train.min_steps < 0:
+        raise ExperimentError(f"train.min_steps must be >= 0, got {e.train.min_steps}")
+    if e.train.weight_decay < 0:
+        raise ExperimentError(f"train.weight_decay must be >= 0, got {e.train.weight_decay}")
+    if e.resources.cpus <= 0 or e.resources.gpus < 0 or e.resources.max_retries < 0:
+        raise ExperimentError(f"resources must have cpus > 0, gpus >= 0, max_retries >= 0; got {e.resources}")
+    for problem in (e.task.problems(), e.model.problems(), e.methods.problems()):
+        if problem:
+            raise ExperimentError(problem)
+
+
+def _positive(section, names, prefix):
+    for name in names:
+        value = getattr(section, name)
+        if not value > 0:
+            raise ExperimentError(f"{prefix}.{name} must be > 0, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+
+def cells(e: Experiment) -> list[dict]:
+    """Every point of the grid as a plain, JSON-able dict with a stable `cell_id`.
+
+    Methods that use no network (e.g. `exact`) ignore the size axis, so they get one cell per
+    (N, seed) instead of one per size.
+    """
+    task_name = {cls: name for name, cls in TASKS.items()}[type(e.task)]
+    model_name = {cls: name for name, cls in MODELS.items()}[type(e.model)]
+    out = []
+    for method in e.grid.methods:
+        sizes = e.grid.sizes if METHODS[method].uses_model else (None,)
+        for size in sizes:
+            for n in e.grid.n:
+                for seed in e.grid.seeds:
+                    model = None if size is None else {"name": model_name, **dataclasses.asdict(replace(e.model, **{e.model.size_knob: size}))}
+                    config = {
+                        "experiment": e.name,
+                        "task": {"name": task_name, **dataclasses.asdict(e.task)},
+                        "model": model,
+                        "size_knob": None if size is None else e.model.size_knob,
+                        "size": size,
+                        "method": method,
+                        "method_options": e.methods.for_method(method),
+                        "n": n,
+                        "seed": seed,
+                        "ood": list(e.grid.ood),
+                        "train": dataclasses.asdict(e.train),
+                        "eval": dataclasses.asdict(e.eval),
+                    }
+                    out.append({"cell_id": cell_id(config), **config})
+    return out
+
+
+def cell_id(config: dict) -> str:
+    """A stable hash of the fully resolved config (key order and Python version do not matter)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def cell_label(cell: dict) -> str:
+    """Short human name for a cell, used for trial names and progress lines."""
+    size = f"_{cell['size_knob']}{cell['size']}" if cell["size"] is not None else ""
+    return f"{cell['task']['name']}_N{cell['n']}{size}_{cell['method']}_s{cell['seed']}"

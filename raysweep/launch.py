@@ -1,0 +1,116 @@
+"""Command line: validate an experiment, run its missing cells on Ray Tune, then fit and report.
+
+    python -m raysweep.launch experiments/digits.py [--smoke] [--set key=value ...]
+        [--output DIR] [--address ADDR] [--max-concurrent K] [--no-dashboard]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from raysweep import experiment as exp
+from raysweep import report, store
+from raysweep.experiment import ExperimentError, cell_label
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="raysweep", description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", help="path to an experiment file defining `experiment = Experiment(...)`")
+    parser.add_argument("--smoke", action="store_true", help="shrink to a run of seconds: tiny grid, one epoch")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field, dotted for nested ones (e.g. grid.seeds=0,1); repeatable")
+    parser.add_argument("--output", default="runs", help="results go to OUTPUT/<experiment name>/ (default: runs)")
+    parser.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto'; default: a local Ray")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="at most K cells at once")
+    parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local runs)")
+    args = parser.parse_args(argv)
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        parser.error(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    return args
+
+
+def prepare(args: argparse.Namespace) -> exp.Experiment:
+    """Everything that can go wrong with the input goes wrong here, before Ray starts."""
+    experiment = exp.apply_overrides(exp.load(args.experiment), args.overrides)
+    if args.smoke:
+        experiment = exp.smoke(experiment)
+    return experiment.validate()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        experiment = prepare(args)
+    except ExperimentError as exc:
+        print(f"raysweep: error: {exc}", file=sys.stderr)
+        return 2
+    root = Path(args.output).resolve() / experiment.name
+    results = store.results_dir(args.output, experiment.name).resolve()
+    swept = store.sweep_temporaries(results)
+    if swept:
+        print(f"[raysweep] removed {swept} temporary file(s) left by an interrupted write")
+    grid = exp.cells(experiment)
+    done = store.finished_cells(results)
+    todo = [cell for cell in grid if cell["cell_id"] not in done]
+    print(f"[raysweep] {experiment.name}: {len(grid)} cells, {len(grid) - len(todo)} already done, "
+          f"{len(todo)} to run -> {results}", flush=True)
+    if todo:
+        run_sweep(experiment, todo, len(grid), len(grid) - len(todo), root, args)
+    else:
+        print("[raysweep] nothing to run: every cell is already in the store")
+    path = report.write(results, root / "report", title=f"raysweep report: {experiment.name}")
+    print(f"[raysweep] report: {path}")
+    return 0
+
+
+def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root: Path, args) -> None:
+    # raysweep's store is the record of results: skip Tune's CSV/JSON/TensorBoard loggers per trial.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    import ray
+    from ray import tune
+
+    from raysweep.trial import StoreCallback, trainable
+
+    started = time.time()
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        # Local: bind the dashboard to loopback only; Ray's token authentication stays on.
+        context = ray.init(include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
+                           log_to_driver=False, num_cpus=os.cpu_count())
+        if context.dashboard_url:
+            print(f"[raysweep] Ray dashboard: http://{context.dashboard_url} "
+                  f"(token in ~/.ray/auth_token if it asks for one)", flush=True)
+    resources = experiment.resources
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": resources.cpus, "gpu": resources.gpus}),
+        param_space={"cell": tune.grid_search(todo), "cpus": resources.cpus, "gpus": resources.gpus},
+        tune_config=tune.TuneConfig(
+            # Small cells would otherwise pay for a fresh worker process each (DESIGN.md §6).
+            reuse_actors=True,
+            max_concurrent_trials=args.max_concurrent,
+            trial_name_creator=lambda trial: cell_label(trial.config["cell"]),
+            trial_dirname_creator=lambda trial: f"{cell_label(trial.config['cell'])}_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(root),
+            callbacks=[StoreCallback(store.results_dir(root.parent, experiment.name), total, already_done)],
+            failure_config=tune.FailureConfig(max_failures=resources.max_retries),
+            verbose=0,
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        if not args.address:
+            ray.shutdown()
+    print(f"[raysweep] sweep finished in {time.time() - started:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Model-family registry. A model is a frozen config dataclass with a `size_knob` class attribute
+naming the integer field the grid's `sizes` axis sets, `build(input_dim, output_dim, dropout)` and
+`problems()`."""
+
+import torch
+
+from raysweep.models.mlp import MLP
+
+MODELS = {
+    "mlp": MLP,
+}
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

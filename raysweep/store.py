@@ -1,0 +1,116 @@
+"""The results store: a Parquet dataset under DIR/<experiment>/results/, one file per cell attempt.
+
+Files are written by the driver (see raysweep.trial.StoreCallback), so clusters need no shared
+storage. Each file is written under a hidden temporary name and atomically renamed: a reader never
+sees a partial file, and hidden names (leading ".") are skipped by pyarrow, pandas, DuckDB and
+`datasets` alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+METRICS = [
+    "loss",
+    "total", "aleatoric", "epistemic",
+    "total_std", "aleatoric_std", "epistemic_std",
+    "total_var", "aleatoric_var", "epistemic_var",
+    "nll", "accuracy", "error_rate", "ece", "brier", "rmse",
+    "auroc_epistemic", "auroc_total",
+]
+
+SCHEMA = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("cell_id", pa.string()),
+        ("attempt", pa.string()),
+        ("task", pa.string()),
+        ("model", pa.string()),
+        ("size_knob", pa.string()),
+        ("size", pa.int64()),
+        ("params", pa.int64()),
+        ("n", pa.int64()),
+        ("method", pa.string()),
+        ("seed", pa.int64()),
+        ("split", pa.string()),
+        ("kind", pa.string()),  # "epoch" (training progress) or "final" (evaluation)
+        ("epoch", pa.int64()),
+        ("status", pa.string()),  # "ok" or "failed"
+        ("error", pa.string()),
+        ("wall_time_s", pa.float64()),
+        *[(name, pa.float64()) for name in METRICS],
+        ("config", pa.string()),  # the cell's full resolved config, JSON
+        ("versions", pa.string()),  # package versions, JSON
+    ]
+)
+
+TEMP_PREFIX = ".tmp-"
+
+
+def results_dir(output: str | Path, experiment: str) -> Path:
+    return Path(output) / experiment / "results"
+
+
+def write_cell(directory: str | Path, rows: list[dict]) -> Path:
+    """Write one cell attempt's rows atomically; returns the final path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([{name: row.get(name) for name in SCHEMA.names} for row in rows], schema=SCHEMA)
+    final = directory / f"{rows[0]['cell_id']}.{rows[0]['attempt']}.parquet"
+    temporary = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}.parquet"
+    try:
+        pq.write_table(table, temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)  # atomic on POSIX: the file appears whole or not at all
+    finally:
+        temporary.unlink(missing_ok=True)
+    return final
+
+
+def sweep_temporaries(directory: str | Path) -> int:
+    """Remove temporary files a crash left behind; returns how many."""
+    leftovers = list(Path(directory).glob(f"{TEMP_PREFIX}*")) if Path(directory).is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return len(leftovers)
+
+
+def load(directory: str | Path, kind: str = "final") -> pa.Table:
+    """Rows of one kind ("final" by default), de-duplicated: for each cell the latest attempt wins."""
+    directory = Path(directory)
+    if not directory.is_dir() or not any(directory.glob("*.parquet")):
+        return SCHEMA.empty_table()
+    table = ds.dataset(directory, format="parquet", schema=SCHEMA).to_table(filter=pc.field("kind") == kind)
+    if table.num_rows == 0:
+        return table
+    latest = table.group_by("cell_id").aggregate([("attempt", "max")])
+    keep = table.join(latest, keys=["cell_id", "attempt"], right_keys=["cell_id", "attempt_max"], join_type="inner")
+    return keep.select(SCHEMA.names).sort_by([("cell_id", "ascending"), ("split", "ascending")])
+
+
+def finished_cells(directory: str | Path) -> set[str]:
+    """Cell ids whose latest attempt finished successfully."""
+    table = load(directory)
+    ok = table.filter(pc.field("status") == "ok")
+    return set(ok.column("cell_id").to_pylist())
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("raysweep", "torch", "ray", "numpy", "pyarrow", "lmfit", "pyro-ppl", "deepspeed", "transformers"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return json.dumps(found, sort_keys=True)

@@ -1,0 +1,13 @@
+"""Task registry: the key is the task name written in results and accepted by experiments.
+
+A task is a frozen config dataclass with `load(n, seed, ood, max_eval) -> TaskData`,
+`available_train_size()`, `ood_sets()` and `problems()` (None or a message naming the bad field).
+"""
+
+from raysweep.tasks.regression import LinearRegression
+from raysweep.tasks.vision import Digits
+
+TASKS = {
+    "regression": LinearRegression,
+    "digits": Digits,
+}

@@ -1,0 +1,35 @@
+"""What a task hands to a method: a training subset and fixed evaluation sets, as tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+
+
+@dataclass
+class TaskData:
+    kind: str  # CLASSIFICATION or REGRESSION
+    train_x: torch.Tensor  # (N, D)
+    train_y: torch.Tensor  # (N,) class indices or real targets
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor | None]]  # "test" then OOD sets; labels may be None
+    n_classes: int = 0  # classification only
+    extras: dict = field(default_factory=dict)  # task facts a method may use, e.g. the true noise variance
+
+    @property
+    def input_dim(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def output_dim(self) -> int:
+        """Network outputs: class logits, or (mean, raw variance) for Gaussian regression."""
+        return self.n_classes if self.kind == CLASSIFICATION else 2
+
+
+def nested_subset(pool_size: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of the first n of a seed-fixed permutation: for one seed, smaller N ⊂ larger N."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(pool_size, generator=generator)[:n]

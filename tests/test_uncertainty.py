@@ -1,0 +1,99 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.classification import BinaryAUROC, MulticlassCalibrationError
+
+from raysweep import uncertainty as U
+
+
+def random_probs(s, b, c, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(s, b, c, generator=g, dtype=torch.float64).mul(2).softmax(-1)
+
+
+def test_disagreeing_confident_members_are_purely_epistemic():
+    probs = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]], dtype=torch.float64)  # (S=2, B=1, C=2)
+    parts = U.decompose(probs)
+    assert parts["total"].item() == pytest.approx(math.log(2))
+    assert parts["aleatoric"].item() == 0.0  # zero probabilities are safe: 0 log 0 = 0
+    assert parts["epistemic"].item() == pytest.approx(math.log(2))
+
+
+def test_agreeing_uncertain_members_are_purely_aleatoric():
+    probs = torch.full((4, 3, 5), 0.2, dtype=torch.float64)
+    parts = U.decompose(probs)
+    np.testing.assert_allclose(parts["total"], math.log(5))
+    np.testing.assert_allclose(parts["aleatoric"], math.log(5))
+    np.testing.assert_allclose(parts["epistemic"], 0.0, atol=1e-15)
+
+
+def test_one_sample_has_exactly_zero_epistemic():
+    parts = U.decompose(random_probs(1, 50, 7))
+    assert torch.equal(parts["epistemic"], torch.zeros(50, dtype=torch.float64))
+
+
+def test_decompose_matches_a_direct_numpy_computation_and_keeps_numpy_type():
+    probs = random_probs(8, 100, 10).numpy()
+    parts = U.decompose(probs)
+    assert isinstance(parts["total"], np.ndarray)
+    pbar = probs.mean(0)
+    total = -(pbar * np.log(pbar)).sum(-1)
+    aleatoric = -(probs * np.log(probs)).sum(-1).mean(0)
+    np.testing.assert_allclose(parts["total"], total, rtol=1e-12)
+    np.testing.assert_allclose(parts["aleatoric"], aleatoric, rtol=1e-12)
+    assert (parts["epistemic"] >= -1e-12).all()
+
+
+def test_extra_token_dimension_is_decomposed_per_position():
+    probs = random_probs(4, 6, 11).reshape(4, 2, 3, 11)  # (S, B, T, V)
+    parts = U.decompose(probs)
+    flat = U.decompose(probs.reshape(4, 6, 11))
+    np.testing.assert_allclose(parts["epistemic"].reshape(6), flat["epistemic"])
+
+
+def test_gaussian_epistemic_matches_the_closed_form_for_a_shared_noise():
+    means = torch.tensor([[1.0, 0.0], [3.0, 0.0]], dtype=torch.float64)  # variance of means: 1 and 0
+    variances = torch.full_like(means, 0.25)
+    parts = U.decompose_gaussian(means, variances)
+    np.testing.assert_allclose(parts["epistemic_var"], [1.0, 0.0])
+    np.testing.assert_allclose(parts["epistemic"], [0.5 * math.log(1 + 1.0 / 0.25), 0.0], atol=1e-15)
+    np.testing.assert_allclose(parts["aleatoric"], 0.5 * math.log(2 * math.pi * math.e * 0.25))
+
+
+def test_nll_accuracy_brier_by_hand():
+    pbar = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    labels = torch.tensor([0, 1])
+    np.testing.assert_allclose(U.nll(pbar, labels), [-math.log(0.7), -math.log(0.1)])
+    assert U.accuracy(pbar, labels) == 0.5
+    brier = ((0.3**2 + 0.2**2 + 0.1**2) + (0.1**2 + 0.9**2 + 0.8**2)) / 2
+    assert U.brier(pbar, labels) == pytest.approx(brier)
+
+
+def test_nll_of_a_zero_probability_is_finite():
+    assert torch.isfinite(U.nll(torch.tensor([[1.0, 0.0]]), torch.tensor([1]))).all()
+
+
+@pytest.mark.parametrize("n_bins", [5, 15])
+def test_ece_matches_torchmetrics(n_bins):
+    pbar = random_probs(1, 2000, 10, seed=3)[0]
+    labels = torch.randint(0, 10, (2000,), generator=torch.Generator().manual_seed(4))
+    reference = MulticlassCalibrationError(num_classes=10, n_bins=n_bins, norm="l1")(pbar.float(), labels)
+    assert U.expected_calibration_error(pbar, labels, n_bins) == pytest.approx(reference.item(), abs=1e-6)
+
+
+def test_auroc_matches_torchmetrics_including_ties():
+    g = torch.Generator().manual_seed(5)
+    score_in = torch.randint(0, 20, (300,), generator=g).double()
+    score_out = torch.randint(5, 25, (200,), generator=g).double()
+    scores = torch.cat([score_in, score_out])
+    target = torch.cat([torch.zeros(300), torch.ones(200)]).long()
+    reference = BinaryAUROC()(scores, target).item()
+    assert U.ood_auroc(score_in, score_out) == pytest.approx(reference, abs=1e-6)
+    assert U.ood_auroc([0.0, 1.0], [2.0, 3.0]) == 1.0
+
+
+def test_auroc_needs_both_sides():
+    with pytest.raises(ValueError, match="needs scores on both sides, got 0 ID and 2 OOD"):
+        U.ood_auroc([], [1.0, 2.0])
