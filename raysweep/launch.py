@@ -68,10 +68,12 @@ def main(argv=None) -> int:
 
 
 def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root: Path, args) -> None:
-    # raysweep's store is the record of results: skip Tune's CSV/JSON/TensorBoard loggers per trial.
+    # raysweep's store is the record of results; of Tune's per-trial loggers keep only the JSON one
+    # its result grid reads (TensorBoard and CSV cannot log a list of rows and only warn).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from raysweep.trial import StoreCallback, trainable
 
@@ -99,7 +101,8 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
         run_config=tune.RunConfig(
             name="tune",
             storage_path=str(root),
-            callbacks=[StoreCallback(store.results_dir(root.parent, experiment.name), total, already_done)],
+            callbacks=[StoreCallback(store.results_dir(root.parent, experiment.name), total, already_done),
+                       JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=resources.max_retries),
             verbose=0,
         ),

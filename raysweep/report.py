@@ -85,7 +85,7 @@ def plot_split(ok: pd.DataFrame, fits: pd.DataFrame, split: str, out_dir: Path) 
             if stats.empty:
                 continue
             label = method if pd.isna(size) else f"{method} {group['size_knob'].iloc[0]}={int(size)}"
-            bars = np.vstack([stats["mean"] - stats["min"], stats["max"] - stats["mean"]])
+            bars = np.vstack([stats["mean"] - stats["min"], stats["max"] - stats["mean"]]).clip(min=0)
             line = ax.errorbar(stats["n"], stats["mean"], yerr=bars, fmt="o", ms=4, capsize=2, label=label)
             law = _law_for(fits, method, size, split, metric)
             if law is not None:

@@ -2,8 +2,7 @@
 
 Files are written by the driver (see raysweep.trial.StoreCallback), so clusters need no shared
 storage. Each file is written under a hidden temporary name and atomically renamed: a reader never
-sees a partial file, and hidden names (leading ".") are skipped by pyarrow, pandas, DuckDB and
-`datasets` alike.
+sees a partial file.
 """
 
 from __future__ import annotations
@@ -65,7 +64,9 @@ def write_cell(directory: str | Path, rows: list[dict]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist([{name: row.get(name) for name in SCHEMA.names} for row in rows], schema=SCHEMA)
     final = directory / f"{rows[0]['cell_id']}.{rows[0]['attempt']}.parquet"
-    temporary = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}.parquet"
+    # Hidden and not ending in .parquet: skipped by pyarrow/pandas (leading ".") and by the
+    # "*.parquet" globs that DuckDB and `datasets` users write.
+    temporary = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
     try:
         pq.write_table(table, temporary)
         with open(temporary, "rb") as handle:

@@ -1,0 +1,120 @@
+import copy
+import math
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+
+from raysweep import experiment as E
+from raysweep.cell import run_cell
+from raysweep.evaluate import evaluate
+from raysweep.experiment import Train
+from raysweep.methods import METHODS, MethodOptions, dropout, ensemble, exact
+from raysweep.methods.training import StackedMembers, train_members
+from raysweep.models.mlp import MLP
+from raysweep.tasks.regression import LinearRegression
+from raysweep.tasks.vision import Digits
+
+TINY = Train(epochs=2, batch_size=32, lr=1e-2)
+
+
+def ignore(*args):
+    pass
+
+
+@pytest.mark.parametrize("n, expected", [(400, 0.0255), (6400, 0.00157)])
+def test_exact_posterior_matches_the_checked_simulation(n, expected):
+    # DESIGN.md: d = 20, σ² = 0.25, α = 1 gives mean EU 0.0255 at N = 400 and 0.00157 at N = 6400.
+    # Another draw of the data moves the mean by a few percent, hence the 8% tolerance.
+    data = LinearRegression(dim=20, noise_var=0.25, prior_precision=1.0, n_test=2000).load(n, 0, [], 2000)
+    metrics = evaluate(exact.fit(data, None, None, TINY, 0, ignore), data)
+    assert metrics["test"]["epistemic"] == pytest.approx(expected, rel=0.08)
+    assert metrics["test"]["epistemic"] == pytest.approx(20 / (2 * n), rel=0.08)
+
+
+def test_exact_posterior_equals_the_closed_form_per_point():
+    data = LinearRegression(dim=3, noise_var=0.5, prior_precision=2.0).load(50, 1, [], 10)
+    x, y = data.train_x.double(), data.train_y.double()
+    precision = 2.0 * torch.eye(3, dtype=torch.float64) + x.T @ x / 0.5
+    covariance = torch.linalg.inv(precision)
+    test_x = data.eval_sets["test"][0]
+    means, variances = exact.fit(data, None, None, TINY, 0, ignore).predict(test_x)
+    v = torch.einsum("bi,ij,bj->b", test_x.double(), covariance, test_x.double())
+    torch.testing.assert_close(means.mean(0), test_x.double() @ (covariance @ x.T @ y / 0.5))
+    torch.testing.assert_close(means.var(0, unbiased=False), v)
+    assert torch.all(variances == 0.5)
+
+
+def test_vectorised_ensemble_equals_members_trained_one_by_one():
+    data = Digits().load(96, 0, [], 50)
+    torch.manual_seed(0)
+    members = [MLP(width=16, depth=2).build(64, 10) for _ in range(3)]
+    reference = copy.deepcopy(members)
+    stack = train_members(StackedMembers(members), data, TINY, seed=5, on_epoch=ignore)
+
+    # The same data orders, drawn exactly as train_members draws them, then a plain loop per member.
+    generator = torch.Generator().manual_seed(5)
+    orders = [torch.stack([torch.randperm(96, generator=generator) for _ in range(3)]) for _ in range(TINY.epochs)]
+    for m, member in enumerate(reference):
+        optimizer = torch.optim.Adam(member.parameters(), lr=TINY.lr)
+        for order in orders:
+            for start in range(0, 96, 32):
+                idx = order[m, start:start + 32]
+                loss = torch.nn.functional.cross_entropy(member(data.train_x[idx]), data.train_y[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        for name, value in member.named_parameters():
+            torch.testing.assert_close(stack.params[name][m], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_honours_the_contract(name):
+    method = METHODS[name]
+    options = MethodOptions().options_of(name, {}) if hasattr(MethodOptions(), name) else None
+    tasks = [LinearRegression(dim=4)] + ([] if method.unsupported(Digits()) else [Digits()])
+    for task in tasks:
+        data = task.load(64, 0, list(task.ood_sets()), 40)
+        posterior = method.fit(data, MLP(width=8) if method.uses_model else None, options, TINY, 0, ignore)
+        x = data.eval_sets["test"][0]
+        prediction = posterior.predict(x)
+        if data.kind == "classification":
+            assert prediction.ndim == 3 and prediction.shape[1:] == (40, 10)
+            torch.testing.assert_close(prediction.sum(-1), torch.ones(prediction.shape[:2]))
+        else:
+            means, variances = prediction
+            assert means.shape == variances.shape and means.shape[1] == 40 and (variances > 0).all()
+        metrics = evaluate(posterior, data)
+        assert set(metrics) == {"test", *task.ood_sets()}
+        for split in metrics.values():
+            assert split["epistemic"] >= -1e-9 and math.isfinite(split["total"])
+
+
+def test_mc_dropout_samples_differ_and_one_sample_has_no_epistemic():
+    data = Digits().load(64, 0, [], 30)
+    options = dropout.Options(rate=0.3, samples=8)
+    posterior = dropout.fit(data, MLP(width=16), options, TINY, 0, ignore)
+    probs = posterior.predict(data.eval_sets["test"][0])
+    assert probs.shape == (8, 30, 10) and not torch.allclose(probs[0], probs[1])
+    posterior.samples = 1
+    assert evaluate(posterior, data)["test"]["epistemic"] == 0.0
+
+
+def test_a_diverging_cell_is_recorded_as_failed(root):
+    e = E.load(root / "experiments" / "digits.py")
+    e = E.apply_overrides(E.smoke(e), ["train.lr=1e30", "train.epochs=3", "grid.methods=ensemble"])
+    reported = []
+    rows = run_cell(E.cells(e)[0], reported.extend)
+    assert len(rows) == 1 and rows[0]["status"] == "failed"
+    assert re.fullmatch(r"training diverged at epoch [23]: loss=(nan|inf)", rows[0]["error"])
+    assert reported[-1] == rows[0]
+
+
+def test_same_cell_and_seed_give_the_same_metrics(root):
+    e = E.smoke(E.load(root / "experiments" / "digits.py"))
+    cell = E.cells(e)[0]
+    first, second = run_cell(cell, ignore), run_cell(cell, ignore)
+    for a, b in zip(first, second):
+        assert a["epistemic"] == pytest.approx(b["epistemic"], rel=1e-9)
+        assert a["total"] == pytest.approx(b["total"], rel=1e-9)

@@ -1,0 +1,69 @@
+import os
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from raysweep import store
+
+
+def rows(cell_id, attempt, splits=("test",), status="ok", **metrics):
+    return [{"experiment": "e", "cell_id": cell_id, "attempt": attempt, "method": "ensemble", "n": 100, "seed": 0,
+             "kind": "final", "split": split, "status": status, "epistemic": 0.1, **metrics} for split in splits]
+
+
+def test_load_keeps_only_the_latest_attempt_of_each_cell(tmp_path):
+    store.write_cell(tmp_path, rows("a", "001", epistemic=0.5))
+    store.write_cell(tmp_path, rows("a", "002", splits=("test", "ood"), epistemic=0.25))
+    store.write_cell(tmp_path, [{**rows("b", "001")[0], "kind": "epoch", "split": "train", "epoch": 1}, *rows("b", "001")])
+    table = store.load(tmp_path).to_pandas()
+    assert sorted(zip(table.cell_id, table.split)) == [("a", "ood"), ("a", "test"), ("b", "test")]
+    assert set(table[table.cell_id == "a"].epistemic) == {0.25}
+    assert store.load(tmp_path, kind="epoch").num_rows == 1
+
+
+def test_failed_latest_attempt_is_not_finished(tmp_path):
+    store.write_cell(tmp_path, rows("a", "001"))
+    store.write_cell(tmp_path, rows("a", "002", splits=(None,), status="failed", error="boom"))
+    store.write_cell(tmp_path, rows("b", "001"))
+    assert store.finished_cells(tmp_path) == {"b"}
+
+
+def test_a_write_interrupted_before_its_rename_leaves_no_visible_file(tmp_path, monkeypatch):
+    def crash(*args):
+        raise OSError("simulated crash before rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        store.write_cell(tmp_path, rows("a", "001"))
+    assert list(tmp_path.iterdir()) == []
+    assert store.load(tmp_path).num_rows == 0
+
+
+def test_a_temporary_left_by_a_killed_writer_is_invisible_and_swept(tmp_path):
+    store.write_cell(tmp_path, rows("a", "001"))
+    (tmp_path / f"{store.TEMP_PREFIX}deadbeef.part").write_bytes(b"PAR1 half a file")
+    assert store.load(tmp_path).num_rows == 1
+    assert len(pd.read_parquet(tmp_path)) == 1
+    assert duckdb.sql(f"SELECT count(*) FROM '{tmp_path}/*.parquet'").fetchall()[0][0] == 1
+    assert store.sweep_temporaries(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [f"a.001.parquet"]
+
+
+def test_files_open_in_pandas_duckdb_and_datasets(tmp_path):
+    from datasets import load_dataset
+
+    store.write_cell(tmp_path, rows("a", "001", splits=("test", "rotated")))
+    store.write_cell(tmp_path, rows("b", "001"))
+    assert len(pd.read_parquet(tmp_path)) == 3
+    assert duckdb.sql(f"SELECT count(DISTINCT cell_id) FROM '{tmp_path}/*.parquet'").fetchall()[0][0] == 2
+    loaded = load_dataset("parquet", data_files=str(tmp_path / "*.parquet"), split="train",
+                          cache_dir=str(tmp_path / ".hf-cache"))
+    assert loaded.num_rows == 3 and "epistemic" in loaded.column_names
+    assert pq.read_schema(next(tmp_path.glob("a.*.parquet"))) == store.SCHEMA
+
+
+def test_loading_a_missing_or_empty_store_gives_an_empty_table(tmp_path):
+    assert store.load(tmp_path / "absent").num_rows == 0
+    assert store.load(tmp_path).schema == store.SCHEMA
