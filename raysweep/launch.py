@@ -50,6 +50,11 @@ def main(argv=None) -> int:
         return 2
     root = Path(args.output).resolve() / experiment.name
     results = store.results_dir(args.output, experiment.name).resolve()
+    try:
+        store.check_writable(results)
+    except OSError as exc:
+        print(f"raysweep: error: {exc}", file=sys.stderr)
+        return 2
     swept = store.sweep_temporaries(results)
     if swept:
         print(f"[raysweep] removed {swept} temporary file(s) left by an interrupted write")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -85,10 +86,40 @@ def sweep_temporaries(directory: str | Path) -> int:
     return len(leftovers)
 
 
+def corrupt_dir(directory: str | Path) -> Path:
+    return Path(directory).parent / "corrupt"
+
+
+def quarantine_corrupt(directory: str | Path) -> list[str]:
+    """Move unreadable or foreign-schema files aside (to ../corrupt/) so loading goes on without
+    them; returns one message per file moved, also printed to stderr."""
+    messages = []
+    for path in sorted(Path(directory).glob("*.parquet")):
+        try:
+            schema = pq.read_schema(path)
+            problem = None if schema.equals(SCHEMA) else "its schema is not the raysweep results schema"
+        except (pa.ArrowException, OSError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem:
+            target = corrupt_dir(directory) / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            messages.append(f"moved corrupt result file {path.name} to {target} ({problem})")
+    for message in messages:
+        print(f"[raysweep] {message}", file=sys.stderr)
+    return messages
+
+
 def load(directory: str | Path, kind: str = "final") -> pa.Table:
-    """Rows of one kind ("final" by default), de-duplicated: for each cell the latest attempt wins."""
+    """Rows of one kind ("final" by default), de-duplicated: for each cell the latest attempt wins.
+
+    Corrupt files are moved aside first (see quarantine_corrupt), so one bad file never hides the rest.
+    """
     directory = Path(directory)
-    if not directory.is_dir() or not any(directory.glob("*.parquet")):
+    if not directory.is_dir():
+        return SCHEMA.empty_table()
+    quarantine_corrupt(directory)
+    if not any(directory.glob("*.parquet")):
         return SCHEMA.empty_table()
     table = ds.dataset(directory, format="parquet", schema=SCHEMA).to_table(filter=pc.field("kind") == kind)
     if table.num_rows == 0:
@@ -103,6 +134,18 @@ def finished_cells(directory: str | Path) -> set[str]:
     table = load(directory)
     ok = table.filter(pc.field("status") == "ok")
     return set(ok.column("cell_id").to_pylist())
+
+
+def check_writable(directory: str | Path) -> None:
+    """Fail early, with the folder and the reason, if results cannot be written there."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}.part"
+        probe.write_bytes(b"raysweep write check")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"cannot write results to {directory}: {exc.strerror or exc}") from exc
 
 
 def versions() -> str:

@@ -67,3 +67,35 @@ def test_files_open_in_pandas_duckdb_and_datasets(tmp_path):
 def test_loading_a_missing_or_empty_store_gives_an_empty_table(tmp_path):
     assert store.load(tmp_path / "absent").num_rows == 0
     assert store.load(tmp_path).schema == store.SCHEMA
+
+
+def test_a_corrupt_file_is_moved_aside_and_the_rest_still_loads(tmp_path, capsys):
+    results = tmp_path / "results"
+    store.write_cell(results, rows("a", "001"))
+    good = store.write_cell(results, rows("b", "001"))
+    truncated = results / "c.001.parquet"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (results / "d.001.parquet").write_bytes(b"not parquet at all")
+    table = store.load(results)
+    assert sorted(table.column("cell_id").to_pylist()) == ["a", "b"]
+    assert sorted(p.name for p in store.corrupt_dir(results).iterdir()) == ["c.001.parquet", "d.001.parquet"]
+    assert "moved corrupt result file c.001.parquet" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(OSError, match=r"cannot write results to .*file/results"):
+        store.check_writable(blocker / "results")
+
+
+def test_launch_reports_an_unwritable_output_folder(root, tmp_path, capsys, monkeypatch):
+    import sys
+
+    from raysweep.launch import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # never reached
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main([str(root / "experiments" / "regression.py"), "--output", str(blocker)]) == 2
+    assert "cannot write results to" in capsys.readouterr().err
