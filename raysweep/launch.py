@@ -35,10 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace) -> exp.Experiment:
     """Everything that can go wrong with the input goes wrong here, before Ray starts."""
-    experiment = exp.apply_overrides(exp.load(args.experiment), args.overrides)
+    experiment = exp.load(args.experiment)
     if args.smoke:
         experiment = exp.smoke(experiment)
-    return experiment.validate()
+    # Explicit --set values win over --smoke's choices.
+    return exp.apply_overrides(experiment, args.overrides).validate()
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,82 @@
+"""Faults a real cluster throws at a sweep: workers killed mid-cell, a driver killed mid-sweep."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from raysweep import experiment as E
+from raysweep import store
+
+pytestmark = pytest.mark.slow
+
+# Two cells of a few seconds each: long enough to be killed in the middle.
+SETTINGS = ["--smoke", "--no-dashboard", "--set", "grid.methods=ensemble", "--set", "train.epochs=1200"]
+
+
+def launch(root, output, *extra):
+    command = [sys.executable, "-m", "raysweep.launch", str(root / "experiments" / "digits.py"),
+               "--output", str(output), *SETTINGS, *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root)
+
+
+def expected_cells(root, *extra):
+    e = E.smoke(E.load(root / "experiments" / "digits.py"))
+    overrides = [SETTINGS[i + 1] for i, a in enumerate(SETTINGS) if a == "--set"] + list(extra)
+    return {c["cell_id"] for c in E.cells(E.apply_overrides(e, overrides))}
+
+
+def busy_trial_worker(timeout=90.0):
+    """The first Ray worker process running a trial that has used a second of CPU."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                title = " ".join(process.info["cmdline"] or [])
+                if title.startswith("ray::") and "IDLE" not in title and "Func" in title and process.cpu_times().user > 1.0:
+                    return process
+            except psutil.Error:
+                continue
+        time.sleep(0.2)
+    raise AssertionError("no busy Ray trial worker appeared")
+
+
+def test_a_worker_killed_mid_cell_is_retried_and_written_once(root, tmp_path):
+    driver = launch(root, tmp_path)
+    busy_trial_worker().send_signal(signal.SIGKILL)
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output
+    assert "retrying" in output
+    results = store.results_dir(tmp_path, "digits")
+    table = store.load(results)
+    assert set(table.column("cell_id").to_pylist()) == expected_cells(root)
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    files = [p.name.split(".")[0] for p in results.glob("*.parquet")]
+    assert sorted(files) == sorted(set(files))  # exactly one file (one final row set) per cell
+
+
+def test_a_killed_driver_resumes_with_only_the_missing_cells(root, tmp_path):
+    # Grid of 4 cells, one at a time; kill the driver once the first is in the store.
+    extra = ["--set", "grid.seeds=0,1", "--max-concurrent", "1"]
+    driver = launch(root, tmp_path, *extra)
+    results = store.results_dir(tmp_path, "digits")
+    deadline = time.time() + 120
+    while not list(results.glob("*.parquet")) and time.time() < deadline:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    finished = {p.name: p.read_bytes() for p in results.glob("*.parquet")}
+    assert 1 <= len(finished) < 4
+
+    again = launch(root, tmp_path, *extra)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert f"{len(finished)} already done, {4 - len(finished)} to run" in output
+    all_cells = expected_cells(root, "grid.seeds=0,1")
+    assert set(store.load(results).column("cell_id").to_pylist()) == all_cells
+    for name, content in finished.items():  # finished cells untouched, byte for byte
+        assert (results / name).read_bytes() == content
