@@ -1,6 +1,7 @@
 """Score a posterior on every evaluation set: uncertainty decomposition, fit and OOD detection.
 
-Evaluation streams the set in batches; only per-example scores and the (B, C) predictive are kept.
+Evaluation streams each set in batches and keeps only per-example (per-token for language models)
+scalars: never (S, examples, classes) for the whole set, and never the whole predictive.
 """
 
 from __future__ import annotations
@@ -8,20 +9,19 @@ from __future__ import annotations
 import torch
 
 from raysweep import uncertainty as U
-from raysweep.tasks.data import CLASSIFICATION, TaskData
+from raysweep.tasks.data import REGRESSION, TaskData
 
-BATCH = 1024
+BATCH = 256
 
 
 def evaluate(posterior, data: TaskData, ece_bins: int = 15) -> dict[str, dict[str, float]]:
     """Metrics per evaluation split ("test" first). OOD splits also get AUROC against "test"."""
-    per_split = {name: _scores(posterior, x, data.kind) for name, (x, _) in data.eval_sets.items()}
+    per_split = {name: _scores(posterior, x, y, data.kind) for name, (x, y) in data.eval_sets.items()}
     metrics = {}
-    for name, (_, labels) in data.eval_sets.items():
-        scores = per_split[name]
+    for name, scores in per_split.items():
         row = _spread(scores)
-        if labels is not None:
-            row |= _fit_quality(scores, labels, data.kind, ece_bins)
+        if "nll" in scores:
+            row |= _fit_quality(scores, ece_bins)
         if name != "test":
             test = per_split["test"]
             row["auroc_epistemic"] = U.ood_auroc(test["epistemic"], scores["epistemic"])
@@ -30,18 +30,45 @@ def evaluate(posterior, data: TaskData, ece_bins: int = 15) -> dict[str, dict[st
     return metrics
 
 
-def _scores(posterior, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
+def _scores(posterior, x: torch.Tensor, y: torch.Tensor | None, kind: str) -> dict[str, torch.Tensor]:
+    """Per-example scores, flattened over tokens when the predictions are per token."""
     batches = []
     for start in range(0, len(x), BATCH):
+        labels = None if y is None else y[start:start + BATCH]
         prediction = posterior.predict(x[start:start + BATCH])
-        if kind == CLASSIFICATION:
-            probs = prediction.double()  # (S, B, C)
-            parts = U.decompose(probs) | {"predictive": probs.mean(0)}
+        if kind == REGRESSION:
+            batches.append(_regression_scores(*prediction, labels))
         else:
-            means, variances = (t.double() for t in prediction)  # (S, B) each
-            parts = U.decompose_gaussian(means, variances) | {"predictive": means.mean(0)}
-        batches.append(parts)
+            batches.append(_classification_scores(prediction, labels))
     return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
+
+
+def _classification_scores(probs: torch.Tensor, labels) -> dict[str, torch.Tensor]:
+    probs = probs.double().flatten(1, -2)  # (S, B, C), or (S, B·T, V) for language models
+    parts = U.decompose(probs)
+    if labels is not None:
+        predictive = probs.mean(0)  # (B, C)
+        labels = labels.reshape(-1).to(predictive.device)
+        confidence, predicted = predictive.max(-1)
+        onehot = torch.nn.functional.one_hot(labels, predictive.shape[-1]).to(predictive.dtype)
+        parts |= {
+            "nll": U.nll(predictive, labels),
+            "correct": (predicted == labels).double(),
+            "confidence": confidence,
+            "brier": ((predictive - onehot) ** 2).sum(-1),
+        }
+    return {key: value.cpu() for key, value in parts.items()}
+
+
+def _regression_scores(means, variances, labels) -> dict[str, torch.Tensor]:
+    means, variances = means.double(), variances.double()  # (S, B) each
+    parts = U.decompose_gaussian(means, variances)
+    if labels is not None:
+        labels = labels.double().to(means.device)
+        predictive = means.mean(0)
+        parts |= {"nll": U.gaussian_nll(predictive, parts["total_var"], labels),
+                  "squared_error": (predictive - labels) ** 2}
+    return {key: value.cpu() for key, value in parts.items()}
 
 
 def _spread(scores: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -56,19 +83,14 @@ def _spread(scores: dict[str, torch.Tensor]) -> dict[str, float]:
     return row
 
 
-def _fit_quality(scores, labels: torch.Tensor, kind: str, ece_bins: int) -> dict[str, float]:
-    predictive = scores["predictive"]
-    if kind == CLASSIFICATION:
-        accuracy = U.accuracy(predictive, labels)
-        return {
-            "nll": U.nll(predictive, labels).mean().item(),
-            "accuracy": accuracy,
-            "error_rate": 1.0 - accuracy,
-            "ece": U.expected_calibration_error(predictive, labels, ece_bins),
-            "brier": U.brier(predictive, labels),
-        }
-    labels = labels.double()
+def _fit_quality(scores: dict[str, torch.Tensor], ece_bins: int) -> dict[str, float]:
+    if "squared_error" in scores:
+        return {"nll": scores["nll"].mean().item(), "rmse": scores["squared_error"].mean().sqrt().item()}
+    accuracy = scores["correct"].mean().item()
     return {
-        "nll": U.gaussian_nll(predictive, scores["total_var"], labels).mean().item(),
-        "rmse": ((predictive - labels) ** 2).mean().sqrt().item(),
+        "nll": scores["nll"].mean().item(),
+        "accuracy": accuracy,
+        "error_rate": 1.0 - accuracy,
+        "ece": U.calibration_error(scores["confidence"], scores["correct"], ece_bins),
+        "brier": scores["brier"].mean().item(),
     }

@@ -107,20 +107,26 @@ def brier(mean_probs, labels) -> float:
 
 
 def expected_calibration_error(mean_probs, labels, n_bins: int = 15) -> float:
-    """ECE with n_bins equal-width bins on the top-class confidence.
+    """ECE with n_bins equal-width bins on the top-class confidence of p̄ (shape (B, C))."""
+    p, _ = _to_torch(mean_probs)
+    y, _ = _to_torch(labels)
+    confidence, predicted = p.max(-1)
+    return calibration_error(confidence, (predicted == y.long()).to(p.dtype), n_bins)
+
+
+def calibration_error(confidence, correct, n_bins: int = 15) -> float:
+    """ECE from per-example top-class confidence and 0/1 correctness (so evaluation can stream).
 
     Bin i holds confidences in (i/n, (i+1)/n]; a confidence of exactly 0 falls in the first bin.
     ECE = Σ_bins (|bin| / B) · |accuracy(bin) - mean confidence(bin)|.
     """
-    p, _ = _to_torch(mean_probs)
-    y, _ = _to_torch(labels)
-    confidence, predicted = p.max(-1)
-    correct = (predicted == y.long()).to(p.dtype)
+    confidence, _ = _to_torch(confidence)
+    correct, _ = _to_torch(correct)
+    correct = correct.to(confidence.dtype)
     bins = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
-    count = torch.zeros(n_bins, dtype=p.dtype).index_add_(0, bins, torch.ones_like(confidence))
-    conf_sum = torch.zeros(n_bins, dtype=p.dtype).index_add_(0, bins, confidence)
-    correct_sum = torch.zeros(n_bins, dtype=p.dtype).index_add_(0, bins, correct)
-    return ((conf_sum - correct_sum).abs().sum() / confidence.numel()).item()
+    gap = torch.zeros(n_bins, dtype=confidence.dtype, device=confidence.device)
+    gap.index_add_(0, bins, confidence - correct)  # per bin: Σ confidence - Σ correct
+    return (gap.abs().sum() / confidence.numel()).item()
 
 
 def ood_auroc(score_in, score_out) -> float:
