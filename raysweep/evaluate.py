@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from raysweep import uncertainty as U
-from raysweep.tasks.data import REGRESSION, TaskData
+from raysweep.tasks.data import IGNORE_INDEX, REGRESSION, TaskData
 
 BATCH = 256
 
@@ -45,10 +45,13 @@ def _scores(posterior, x: torch.Tensor, y: torch.Tensor | None, kind: str) -> di
 
 def _classification_scores(probs: torch.Tensor, labels) -> dict[str, torch.Tensor]:
     probs = probs.double().flatten(1, -2)  # (S, B, C), or (S, B·T, V) for language models
+    if labels is not None:
+        labels = labels.reshape(-1).to(probs.device)
+        scored = labels != IGNORE_INDEX  # e.g. the operand tokens of an equation
+        probs, labels = probs[:, scored], labels[scored]
     parts = U.decompose(probs)
     if labels is not None:
         predictive = probs.mean(0)  # (B, C)
-        labels = labels.reshape(-1).to(predictive.device)
         confidence, predicted = predictive.max(-1)
         onehot = torch.nn.functional.one_hot(labels, predictive.shape[-1]).to(predictive.dtype)
         parts |= {

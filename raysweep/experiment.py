@@ -189,6 +189,11 @@ def _validate(e: Experiment) -> None:
     bad_n = [n for n in g.n if not isinstance(n, int) or n <= 0]
     if bad_n:
         raise ExperimentError(f"grid.n must hold positive integers, got {bad_n}")
+    minimum = getattr(e.task, "min_train_size", lambda: 1)()
+    too_small = [n for n in g.n if n < minimum]
+    if too_small:
+        raise ExperimentError(f"grid.n value(s) {too_small} are below the {minimum} a cell of task "
+                              f"{task_names[type(e.task)]!r} needs (one sequence of task.context tokens)")
     available = e.task.available_train_size()
     too_big = [n for n in g.n if n > available]
     if too_big:

@@ -4,10 +4,12 @@ naming the integer field the grid's `sizes` axis sets, `build(input_dim, output_
 
 import torch
 
+from raysweep.models.gpt import GPT
 from raysweep.models.mlp import MLP
 
 MODELS = {
     "mlp": MLP,
+    "gpt": GPT,
 }
 
 

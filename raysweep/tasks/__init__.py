@@ -4,10 +4,14 @@ A task is a frozen config dataclass with `load(n, seed, ood, max_eval) -> TaskDa
 `available_train_size()`, `ood_sets()` and `problems()` (None or a message naming the bad field).
 """
 
+from raysweep.tasks.algorithmic import ModularArithmetic
 from raysweep.tasks.regression import LinearRegression
+from raysweep.tasks.text import Text
 from raysweep.tasks.vision import Digits
 
 TASKS = {
     "regression": LinearRegression,
     "digits": Digits,
+    "text": Text,
+    "algorithmic": ModularArithmetic,
 }

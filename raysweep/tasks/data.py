@@ -8,6 +8,7 @@ import torch
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
+IGNORE_INDEX = -100  # a target not to score (PyTorch's cross-entropy convention)
 
 
 @dataclass
