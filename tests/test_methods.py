@@ -10,7 +10,7 @@ from raysweep import experiment as E
 from raysweep.cell import run_cell
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
-from raysweep.methods import METHODS, MethodOptions, dropout, ensemble, exact
+from raysweep.methods import METHODS, MethodOptions, csgld, dropout, ensemble, exact, laplace, sghmc, swag, vi
 from raysweep.methods.training import StackedMembers, train_members
 from raysweep.models.mlp import MLP
 from raysweep.tasks.regression import LinearRegression
@@ -21,6 +21,15 @@ TINY = Train(epochs=2, batch_size=32, lr=1e-2)
 
 def ignore(*args):
     pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is faster, and immune to a busy machine's oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("n, expected", [(400, 0.0255), (6400, 0.00157)])
@@ -69,10 +78,18 @@ def test_vectorised_ensemble_equals_members_trained_one_by_one():
             torch.testing.assert_close(stack.params[name][m], value, rtol=1e-4, atol=1e-5)
 
 
+def fast_options(name):
+    options = MethodOptions().options_of(name, {})
+    return options.smoke() if options is not None else None
+
+
+FAST = Train(epochs=3, min_steps=60, batch_size=64, lr=1e-2)
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_honours_the_contract(name):
     method = METHODS[name]
-    options = MethodOptions().options_of(name, {}) if hasattr(MethodOptions(), name) else None
+    options = fast_options(name)
     tasks = [LinearRegression(dim=4)] + ([] if method.unsupported(Digits()) else [Digits()])
     for task in tasks:
         data = task.load(64, 0, list(task.ood_sets()), 40)
@@ -89,6 +106,34 @@ def test_every_method_honours_the_contract(name):
         assert set(metrics) == {"test", *task.ood_sets()}
         for split in metrics.values():
             assert split["epistemic"] >= -1e-9 and math.isfinite(split["total"])
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_gives_the_same_result_for_the_same_seed(name):
+    method = METHODS[name]
+    task = Digits() if not method.unsupported(Digits()) else LinearRegression(dim=4)
+    data = task.load(64, 3, [], 30)
+    model = MLP(width=8) if method.uses_model else None
+
+    def run():
+        torch.manual_seed(123)  # whatever the global state, the seed alone decides
+        return method.fit(data, model, fast_options(name), TINY, 7, ignore).predict(data.eval_sets["test"][0])
+
+    first, second = run(), run()
+    for a, b in zip(first if isinstance(first, tuple) else (first,), second if isinstance(second, tuple) else (second,)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_has_less_epistemic_uncertainty_with_more_data(name):
+    method = METHODS[name]
+    task = LinearRegression(dim=4)
+    eu = {}
+    for n in (32, 1024):
+        data = task.load(n, 0, [], 200)
+        model = MLP(width=16) if method.uses_model else None
+        eu[n] = evaluate(method.fit(data, model, fast_options(name), FAST, 0, ignore), data)["test"]["epistemic"]
+    assert eu[1024] < eu[32], eu
 
 
 def test_mc_dropout_samples_differ_and_one_sample_has_no_epistemic():
@@ -118,3 +163,60 @@ def test_same_cell_and_seed_give_the_same_metrics(root):
     for a, b in zip(first, second):
         assert a["epistemic"] == pytest.approx(b["epistemic"], rel=1e-9)
         assert a["total"] == pytest.approx(b["total"], rel=1e-9)
+
+
+@pytest.mark.parametrize("options, message", [
+    (ensemble.Options(members=0), r"methods\.ensemble\.members must be >= 1, got 0"),
+    (dropout.Options(rate=1.0), r"methods\.dropout\.rate must be in \[0, 1\), got 1\.0"),
+    (dropout.Options(rate=-0.1), r"methods\.dropout\.rate must be in \[0, 1\), got -0\.1"),
+    (dropout.Options(samples=0), r"methods\.dropout\.samples must be >= 1, got 0"),
+    (vi.Options(guide="full"), r"methods\.vi\.guide must be one of meanfield, lowrank, got 'full'"),
+    (vi.Options(samples=0), r"methods\.vi\.samples must be >= 1, got 0"),
+    (vi.Options(rank=0), r"methods\.vi\.rank must be >= 1, got 0"),
+    (vi.Options(prior_precision=0.0), r"methods\.vi\.prior_precision must be > 0, got 0\.0"),
+    (laplace.Options(hessian="diag"), r"methods\.laplace\.hessian must be one of full, kron, got 'diag'"),
+    (laplace.Options(prior="gamma"), r"methods\.laplace\.prior must be one of marglik, fixed, got 'gamma'"),
+    (laplace.Options(predictive="mc"), r"methods\.laplace\.predictive must be one of sampling, probit, got 'mc'"),
+    (laplace.Options(samples=0), r"methods\.laplace\.samples must be >= 1, got 0"),
+    (swag.Options(rank=0), r"methods\.swag\.rank must be >= 1, got 0"),
+    (swag.Options(rank=30, snapshots=20), r"methods\.swag\.rank \(30\) must be <= methods\.swag\.snapshots \(20\)"),
+    (swag.Options(covariance="full"), r"methods\.swag\.covariance must be one of diagonal, lowrank, got 'full'"),
+    (swag.Options(samples=0), r"methods\.swag\.samples must be >= 1, got 0"),
+    (sghmc.Options(friction=0.0), r"methods\.sghmc\.friction must be in \(0, 1\], got 0\.0"),
+    (sghmc.Options(burnin=1.0), r"methods\.sghmc\.burnin must be in \[0, 1\), got 1\.0"),
+    (sghmc.Options(samples=0), r"methods\.sghmc\.samples must be >= 1, got 0"),
+    (csgld.Options(cycles=0), r"methods\.csgld\.cycles must be >= 1, got 0"),
+    (csgld.Options(samples_per_cycle=0), r"methods\.csgld\.samples_per_cycle must be >= 1, got 0"),
+    (csgld.Options(exploration=1.0), r"methods\.csgld\.exploration must be in \[0, 1\), got 1\.0"),
+])
+def test_bad_method_options_are_refused_before_any_work(root, options, message):
+    name = options.__module__.rsplit(".", 1)[-1]
+    e = E.load(root / "experiments" / "digits.py")
+    e = replace(e, methods=replace(e.methods, **{name: options}))
+    with pytest.raises(E.ExperimentError, match=message):
+        e.validate()
+
+
+class NoDropout:
+    """A model that ignores the dropout it is asked for."""
+
+    def build(self, input_dim, output_dim, dropout=0.0):
+        return torch.nn.Sequential(torch.nn.Linear(input_dim, output_dim))
+
+
+def test_mc_dropout_refuses_a_model_without_dropout_layers_before_training():
+    def fail(*args):
+        raise AssertionError("training started")
+
+    with pytest.raises(ValueError, match=r"MC dropout needs dropout layers, but model .*NoDropout.* has none"):
+        dropout.fit(Digits().load(20, 0, [], 5), NoDropout(), dropout.Options(rate=0.2), TINY, 0, fail)
+    assert dropout.unsupported_model(MLP()) is None
+
+
+def test_the_registry_key_is_the_module_name_and_every_method_keeps_the_protocol():
+    for name, module in METHODS.items():
+        assert module.__name__ == f"raysweep.methods.{name}"
+        assert isinstance(module.uses_model, bool) and callable(module.fit) and callable(module.unsupported)
+        options = MethodOptions().options_of(name, {})
+        if options is not None:
+            assert options.problems() is None and options.smoke().problems() is None

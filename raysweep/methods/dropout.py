@@ -1,13 +1,17 @@
-"""MC dropout (Gal & Ghahramani, 2016): train with dropout, keep it on at prediction, S passes."""
+"""MC dropout (Gal & Ghahramani, 2016): train with dropout, keep it on at prediction, S passes.
+
+The rate is the one setting worth sweeping; rate 0 is allowed as the deterministic baseline
+(every pass is the same network, so epistemic uncertainty is exactly 0).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
-from raysweep.methods.training import StackedMembers, gaussian_head, train_members
-from raysweep.tasks.data import CLASSIFICATION
+from raysweep.methods.training import StackedMembers, to_prediction, train_members
 
 uses_model = True
 
@@ -21,14 +25,23 @@ class Options:
         return replace(self, samples=min(self.samples, 4))
 
     def problems(self) -> str | None:
-        if not 0 < self.rate < 1:
-            return f"methods.dropout.rate must be in (0, 1), got {self.rate}"
+        if not 0 <= self.rate < 1:
+            return f"methods.dropout.rate must be in [0, 1), got {self.rate}"
         if self.samples < 1:
             return f"methods.dropout.samples must be >= 1, got {self.samples}"
         return None
 
 
 def unsupported(task) -> str | None:
+    return None
+
+
+def unsupported_model(model) -> str | None:
+    """MC dropout needs a network that puts dropout layers in when asked to."""
+    network = model.build(4, 2, dropout=0.5)
+    if not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in network.modules()):
+        return (f"MC dropout needs dropout layers, but model {model!r} built with dropout=0.5 has none; "
+                f"use a model whose build() adds nn.Dropout (e.g. raysweep.models.mlp.MLP)")
     return None
 
 
@@ -39,15 +52,16 @@ class Posterior:
     @torch.no_grad()
     def predict(self, x: torch.Tensor):
         # One pass over S stacked copies of the batch: each row draws its own dropout mask.
-        repeated = x.unsqueeze(0).expand(self.samples, *x.shape).reshape(-1, x.shape[-1])  # (S*B, D)
+        inputs = x.to(self.stack.device)
+        repeated = inputs.unsqueeze(0).expand(self.samples, *x.shape).reshape(-1, *x.shape[1:])  # (S*B, D)
         outputs = self.stack.forward(repeated, shared_input=True, train=True)[0]  # (S*B, out)
-        outputs = outputs.reshape(self.samples, x.shape[0], -1)  # (S, B, out)
-        if self.kind == CLASSIFICATION:
-            return outputs.softmax(-1)
-        return gaussian_head(outputs)
+        outputs = outputs.reshape(self.samples, x.shape[0], *outputs.shape[1:])  # (S, B, out) or (S, B, T, V)
+        return to_prediction(outputs.to(x.device), self.kind)
 
 
 def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:
+    if options.rate > 0 and (problem := unsupported_model(model)):
+        raise ValueError(problem)  # before any training
     torch.manual_seed(seed)
     network = model.build(data.input_dim, data.output_dim, dropout=options.rate).to(device)
     stack = train_members(StackedMembers([network]), data, train, seed, on_epoch)

@@ -7,8 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from raysweep.methods.training import StackedMembers, gaussian_head, train_members
-from raysweep.tasks.data import CLASSIFICATION
+from raysweep.methods.training import StackedMembers, to_prediction, train_members
 
 uses_model = True
 
@@ -34,10 +33,8 @@ class Posterior:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor):
-        outputs = self.stack.forward(x, shared_input=True, train=False)  # (M, B, out)
-        if self.kind == CLASSIFICATION:
-            return outputs.softmax(-1)  # (S=M, B, C)
-        return gaussian_head(outputs)  # (M, B) means, (M, B) variances
+        outputs = self.stack.forward(x.to(self.stack.device), shared_input=True, train=False)  # (M, B, out)
+        return to_prediction(outputs.to(x.device), self.kind)  # (S=M, B, C) or (M, B) means and variances
 
 
 def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:

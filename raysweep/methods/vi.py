@@ -1,0 +1,156 @@
+"""Variational inference with Pyro (Blundell et al., 2015): the network as a PyroModule whose
+weights have Gaussian priors N(0, 1/α), a Gaussian guide fitted by stochastic variational inference.
+
+- guide="meanfield": AutoNormal, a diagonal Gaussian (the ELBO's KL term is taken analytically);
+  guide="lowrank": AutoLowRankMultivariateNormal, diagonal plus rank-`rank` covariance.
+- last_layer=True: only the last layer is Bayesian; the layers before it are point estimates
+  learned by the same ELBO (for large models).
+- The ELBO is scaled to the dataset: the likelihood sits in pyro.plate("data", size=N, subsample=…),
+  so a minibatch of B examples counts N/B times, and the KL term once per step.
+- Regression: the likelihood is N(mean, variance) from the network's Gaussian head, unless the task
+  states its noise variance (`extras["noise_var"]`, as the linear-Gaussian task does), which is then
+  used as known, like the exact posterior does.
+- Prediction: S weight draws from the fitted guide are taken once at the end of fit, and
+  pyro.infer.Predictive runs the model under them, so every batch and evaluation set sees the same
+  S networks.
+
+Pyro keeps parameters in a global store; each posterior keeps its own (param_store.scope), so two
+fitted posteriors in one process never see each other's parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal, init_to_value
+from pyro.nn import PyroSample
+from pyro.nn.module import to_pyro_module_
+from torch import nn
+
+from raysweep.methods.training import check_finite, epochs_for, gaussian_head, minibatches
+from raysweep.tasks.data import CLASSIFICATION
+
+uses_model = True
+
+GUIDES = ("meanfield", "lowrank")
+INIT_SCALE = 0.05  # the guide's initial standard deviation around the network's usual init
+LR_DECAY = 0.1  # the learning rate falls by this factor over training
+
+
+@dataclass(frozen=True)
+class Options:
+    guide: str = "meanfield"
+    rank: int = 10  # guide="lowrank" only
+    last_layer: bool = False
+    prior_precision: float = 1.0  # α: every Bayesian weight ~ N(0, 1/α)
+    lr: float = 1e-2  # Adam on the guide's parameters, decayed to lr/10 over training
+    samples: int = 32
+
+    def smoke(self) -> "Options":
+        return replace(self, samples=min(self.samples, 4))
+
+    def problems(self) -> str | None:
+        if self.guide not in GUIDES:
+            return f"methods.vi.guide must be one of {', '.join(GUIDES)}, got {self.guide!r}"
+        if self.rank < 1:
+            return f"methods.vi.rank must be >= 1, got {self.rank}"
+        if not self.prior_precision > 0:
+            return f"methods.vi.prior_precision must be > 0, got {self.prior_precision}"
+        if not self.lr > 0:
+            return f"methods.vi.lr must be > 0, got {self.lr}"
+        if self.samples < 1:
+            return f"methods.vi.samples must be >= 1, got {self.samples}"
+        return None
+
+
+def unsupported(task) -> str | None:
+    return None
+
+
+def bayesian_network(network: nn.Module, prior_precision: float, last_layer: bool) -> nn.Module:
+    """Turn a built torch network into a PyroModule (in place) with N(0, 1/α) priors on its weights.
+
+    Returns the network and the initial values of its sample sites (the usual torch init)."""
+    bayesian = [m for m in network.modules() if list(m.parameters(recurse=False))]
+    if last_layer:
+        bayesian = bayesian[-1:]
+    init = {}
+    to_pyro_module_(network)
+    names = {id(m): name for name, m in network.named_modules()}
+    for module in bayesian:
+        for name, value in list(module.named_parameters(recurse=False)):
+            prior = dist.Normal(torch.zeros_like(value.detach()), prior_precision ** -0.5).to_event(value.dim())
+            init[f"{names[id(module)]}.{name}".lstrip(".")] = value.detach().clone()
+            delattr(module, name)
+            setattr(module, name, PyroSample(prior))
+    return network, init
+
+
+class Model:
+    """The Pyro model: y ~ Categorical(logits=f(x)) or N(mean(x), variance(x) or the known σ²)."""
+
+    def __init__(self, network: nn.Module, kind: str, noise_var: float | None):
+        self.network, self.kind, self.noise_var = network, kind, noise_var
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None):
+        outputs = self.network(x)  # (B, out)
+        with pyro.plate("data", size=size or len(x), subsample=torch.arange(len(x), device=x.device)):
+            if self.kind == CLASSIFICATION:
+                pyro.deterministic("outputs", outputs)
+                return pyro.sample("y", dist.Categorical(logits=outputs), obs=y)
+            mean, variance = gaussian_head(outputs)
+            if self.noise_var is not None:
+                variance = torch.full_like(mean, self.noise_var)
+            pyro.deterministic("outputs", torch.stack([mean, variance], -1))
+            return pyro.sample("y", dist.Normal(mean, variance.sqrt()), obs=y)
+
+
+class Posterior:
+    def __init__(self, model: Model, draws: dict, store_state: dict, kind: str):
+        self.model, self.draws, self.store_state, self.kind = model, draws, store_state, kind
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor):
+        device = next(iter(self.draws.values())).device
+        with pyro.get_param_store().scope(self.store_state):
+            predictive = Predictive(self.model, posterior_samples=self.draws, return_sites=["outputs"])
+            outputs = predictive(x.to(device))["outputs"].to(x.device)  # (S, B, out)
+        if self.kind == CLASSIFICATION:
+            return outputs.softmax(-1)  # (S, B, C)
+        return outputs[..., 0], outputs[..., 1]  # (S, B) means and variances
+
+
+def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:
+    pyro.set_rng_seed(seed)
+    network = model.build(data.input_dim, data.output_dim).to(device)
+    network, init = bayesian_network(network, options.prior_precision, options.last_layer)
+    noise_var = data.extras.get("noise_var") if data.kind != CLASSIFICATION else None
+    pyro_model = Model(network, data.kind, noise_var)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    n = len(x)
+    with pyro.get_param_store().scope() as store_state:
+        if options.guide == "meanfield":
+            guide = AutoNormal(pyro_model, init_loc_fn=init_to_value(values=init), init_scale=INIT_SCALE)
+            elbo = TraceMeanField_ELBO()
+        else:
+            guide = AutoLowRankMultivariateNormal(pyro_model, init_loc_fn=init_to_value(values=init),
+                                                  init_scale=INIT_SCALE, rank=options.rank)
+            elbo = Trace_ELBO()
+        epochs = epochs_for(train, n)
+        steps = epochs * math.ceil(n / min(train.batch_size, n))
+        # Adam whose step size decays to lr/10 by the end: the last iterates average out the ELBO's noise
+        optimizer = pyro.optim.ClippedAdam({"lr": options.lr, "lrd": LR_DECAY ** (1 / steps), "clip_norm": 100.0})
+        svi = SVI(pyro_model, guide, optimizer, elbo)
+        for epoch, batches in minibatches(n, train.batch_size, epochs, seed, device):
+            # svi.step returns the negative ELBO estimate for the whole data set: report it per example
+            loss = sum(svi.step(x[idx], y[idx], n) for idx in batches) / len(batches) / n
+            check_finite(epoch, loss)
+            on_epoch(epoch, loss)
+        with torch.no_grad():
+            draws = Predictive(guide, num_samples=options.samples)(x[:1])  # {site: (S, ...)}
+    return Posterior(pyro_model, draws, store_state, data.kind)
