@@ -35,7 +35,8 @@ class GPT:
 
         if self.pretrained:
             model = GPT2LMHeadModel.from_pretrained(self.pretrained, resid_pdrop=dropout, embd_pdrop=dropout,
-                                                    attn_pdrop=dropout)
+                                                    attn_pdrop=dropout, attn_implementation="eager")
+            _untie_output_embedding(model)
             if model.config.n_positions < input_dim or model.config.vocab_size != output_dim:
                 raise ValueError(
                     f"pretrained model {self.pretrained!r} has context {model.config.n_positions} and vocabulary "
@@ -43,7 +44,13 @@ class GPT:
         else:
             config = GPT2Config(vocab_size=output_dim, n_positions=input_dim, n_embd=self.n_embd,
                                 n_layer=self.n_layer, n_head=self.n_embd // self.head_dim,
-                                resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+                                resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                                # Untied input/output embeddings: torch.func's stacked (vmap) training
+                                # of ensemble members cannot follow a parameter shared by two modules.
+                                tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
+                                # Eager attention: plain matmuls that vmap batches; SDPA has no
+                                # batching rule and falls back to a slow per-member loop.
+                                attn_implementation="eager")
             model = GPT2LMHeadModel(config)
         return CausalLM(model)
 
@@ -57,3 +64,9 @@ class CausalLM(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=ids, use_cache=False).logits
+
+
+def _untie_output_embedding(model: nn.Module) -> None:
+    """Give the output layer its own copy of the input embedding (see the config note in build)."""
+    model.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone())
+    model.config.tie_word_embeddings = False
