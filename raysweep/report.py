@@ -1,10 +1,22 @@
-"""Fits and the markdown report, read only from the store.
+"""Fit every curve in the store and write the report: tables (Parquet, JSON, CSV), markdown, PNG plots.
 
-    report.write(results_dir, out_dir)  ->  out_dir/report.md, fits.csv, one PNG per eval split
+    report.write(results_dir, out_dir, n_boot=1000, holdout=False, target_eu=0.01)
+        -> out_dir/report.md, fits.parquet, fits.json, fits.csv, <metric>_vs_<n|params>.png
+
+Curves, for each (task, method, split, metric):
+    axis "n"       y against N at each model size (one curve per size)
+    axis "params"  y against P (parameter count) at each N, for methods that have a model
+    axis "joint"   y against (N, P) with E + A·N^(-α) + B·P^(-β)
+A one-variable curve is fitted with every law in scaling.CURVE_LAWS; AIC picks one ("chosen"), and
+only the chosen law is bootstrapped (1,000 resamples of the seeds within each x by default).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -18,92 +30,324 @@ from raysweep import scaling, store
 
 UNCERTAINTIES = ("total", "aleatoric", "epistemic")
 FIT_METRICS = UNCERTAINTIES + ("nll", "error_rate")
-CURVE = ["task", "method", "model", "size", "split"]
+AXES = {  # axis -> (columns that fix the other variables, the x columns)
+    "n": (["task", "method", "model", "size", "split"], ["n"]),
+    "params": (["task", "method", "model", "n", "split"], ["params"]),
+    "joint": (["task", "method", "model", "split"], ["n", "params"]),
+}
+X_LABEL = {"n": "training examples N", "params": "parameters P"}
 
 
-def fit_curves(results: pd.DataFrame) -> pd.DataFrame:
-    """One power law against N per (task, method, model size, split, metric), over every seed."""
+@dataclass
+class Curve:
+    key: dict  # task, method, model, split, metric, axis, size, at_n
+    xs: list[np.ndarray]
+    y: np.ndarray
+    fits: dict[str, scaling.LawFit] = field(default_factory=dict)
+    chosen: str | None = None
+
+    @property
+    def best(self) -> scaling.LawFit | None:
+        return self.fits.get(self.chosen)
+
+
+# ---------------------------------------------------------------- fitting every curve
+
+def curves(results: pd.DataFrame):
+    """Every curve in the finished rows, with its x arrays and y, before any fitting."""
+    has_model = results["size"].notna()
+    for axis, (fixed, x_columns) in AXES.items():
+        rows = results if axis == "n" else results[has_model]  # no model, no P axis
+        for key, group in rows.groupby(fixed, dropna=False, sort=True):
+            key = dict(zip(fixed, key))
+            if axis != "n" and group["params"].nunique() < 2:
+                continue  # one model size: there is no P axis to fit along
+            for metric in FIT_METRICS:
+                if metric not in group or group[metric].isna().all():
+                    continue
+                label = {"task": key["task"], "method": key["method"], "model": key["model"],
+                         "split": key["split"], "metric": metric, "axis": axis,
+                         "size": key.get("size"), "at_n": key.get("n") if axis == "params" else None}
+                yield Curve(label, [group[c].to_numpy(float) for c in x_columns], group[metric].to_numpy(float))
+
+
+def fit_curve(curve: Curve, n_boot: int, seed: int) -> Curve:
+    """Every law that applies, AIC's choice, and a bootstrap of the chosen law."""
+    # A seed per curve, stable across runs and machines, so no two curves share resamples.
+    seed = seed + zlib.crc32(json.dumps(curve.key, sort_keys=True, default=str).encode())
+    if curve.key["axis"] == "joint":
+        curve.fits = {"joint": scaling.fit_joint(*curve.xs, curve.y, seed=seed)}
+    else:
+        curve.fits = {law: scaling.fit(curve.xs[0], curve.y, law, seed=seed) for law in scaling.CURVE_LAWS}
+    curve.chosen = scaling.select(curve.fits)
+    if curve.chosen and n_boot > 0:
+        scaling.bootstrap(curve.best, n_boot)
+    return curve
+
+
+def rows_of(curve: Curve, holdout: bool, target_eu: float | None) -> list[dict]:
+    """One row per (curve, law); the chosen law's row also carries extrapolations and checks."""
+    trend = scaling.trend(curve.fits["power"]) if "power" in curve.fits else ""
     rows = []
-    for key, group in results.groupby(CURVE, dropna=False):
-        for metric in FIT_METRICS:
-            if metric not in group or group[metric].isna().all():
-                continue
-            law = scaling.fit(group["n"], group[metric], "power")
-            rows.append(dict(zip(CURVE, key)) | {
-                "metric": metric, "law": law.law, "ok": law.ok, "points": law.n_points,
-                "dropped": law.n_dropped, "a": law.values.get("a"), "b": law.values.get("b"),
-                "b_stderr": law.stderr.get("b"), "message": "" if law.ok else law.message,
-            })
-    return pd.DataFrame(rows)
+    for name, law in curve.fits.items():
+        row = curve.key | {"law": name, "chosen": name == curve.chosen, "trend": trend} | _law_columns(law)
+        if name == curve.chosen:
+            row |= _extrapolation(curve, law, target_eu) | (_holdouts(curve, law) if holdout else {})
+        rows.append(row)
+    # The pure power law first: the reference every reader knows (and tests/test_launch.py reads).
+    return sorted(rows, key=lambda r: r["law"] != "power")
 
 
-def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep report") -> Path:
+def _law_columns(law: scaling.LawFit) -> dict:
+    exponent = scaling.LAWS[law.law].exponents[0]
+    out = {"ok": law.ok, "message": law.message, "points": law.n_points, "dropped": law.n_dropped,
+           "aic": law.aic, "bic": law.bic, "ci_method": law.ci_method, "level": law.level,
+           "lack_of_fit_p": law.lack_of_fit_p, "flags": "; ".join(law.flags), "exponent_name": exponent}
+    for name in scaling.LAWS[law.law].params:
+        interval = law.ci.get(name) or (None, None)
+        out |= {name: law.values.get(name), f"{name}_stderr": law.stderr.get(name),
+                f"{name}_lo": interval[0], f"{name}_hi": interval[1]}
+    return out | {f"exponent{suffix}": out.get(f"{exponent}{suffix}") for suffix in ("", "_stderr", "_lo", "_hi")}
+
+
+def _extrapolation(curve: Curve, law: scaling.LawFit, target_eu: float | None) -> dict:
+    """The law at 10× the largest N (or P) run, and N* (or P*) for the target EU."""
+    if not law.ok or curve.key["axis"] == "joint":
+        return {}
+    x10 = 10 * float(np.nanmax(law.xs[0]))
+    band = law.band([x10]) or ([None], [None])
+    out = {"x_10x": x10, "y_10x": float(law.predict(x10)), "y_10x_lo": band[0][0], "y_10x_hi": band[1][0]}
+    if target_eu is not None and curve.key["metric"] == "epistemic":
+        x_star, low, high, note = scaling.solve_for_x(law, target_eu)
+        out |= {"target": target_eu, "x_star": x_star, "x_star_lo": low, "x_star_hi": high, "x_star_note": note}
+    return out
+
+
+def _holdouts(curve: Curve, law: scaling.LawFit) -> dict:
+    """Refit without the largest N (axes n, joint) and without the largest P (axes params, joint)."""
+    drops = {"n": [("n", 0)], "params": [("p", 0)], "joint": [("n", 0), ("p", 1)]}[curve.key["axis"]]
+    n_boot = 0 if law.boot is None else len(law.boot)
+    out = {}
+    for which, drop in drops:
+        check = scaling.holdout(law.xs, law.y, law.law, drop, n_boot=n_boot, seed=law.seed, level=law.level)
+        if check is not None:
+            out |= {f"holdout_{which}_x": check.held_out, f"holdout_{which}_rel_error": check.relative_error,
+                    f"holdout_{which}_inside": check.inside, f"holdout_{which}_note": check.note}
+    return out
+
+
+def fit_all(results: pd.DataFrame, n_boot: int = 1000, seed: int = 0, holdout: bool = False,
+            target_eu: float | None = 0.01) -> tuple[pd.DataFrame, list[Curve]]:
+    fitted = [fit_curve(curve, n_boot, seed) for curve in curves(results)]
+    rows = [row for curve in fitted for row in rows_of(curve, holdout, target_eu)]
+    return pd.DataFrame(rows), fitted
+
+
+# ---------------------------------------------------------------- writing
+
+def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep report", n_boot: int = 1000,
+          seed: int = 0, holdout: bool = False, target_eu: float | None = 0.01, plots: bool = True) -> Path:
+    """Refit everything from the store and write the report; returns the path of report.md."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = store.load(results_dir).to_pandas()
-    ok = table[table["status"] == "ok"]
-    failed = table[table["status"] == "failed"]
-    fits = fit_curves(ok) if len(ok) else pd.DataFrame()
+    ok, failed = table[table["status"] == "ok"], table[table["status"] == "failed"]
+    fits, fitted = fit_all(ok, n_boot, seed, holdout, target_eu) if len(ok) else (pd.DataFrame(), [])
+    fits.to_parquet(out_dir / "fits.parquet", index=False)
     fits.to_csv(out_dir / "fits.csv", index=False)
-    plots = [plot_split(ok, fits, split, out_dir) for split in sorted(ok["split"].dropna().unique())]
-    lines = [f"# {title}", "",
-             f"{ok['cell_id'].nunique()} cells finished, {failed['cell_id'].nunique()} failed.", ""]
-    lines += _fits_markdown(fits)
-    lines += [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    if len(failed):
-        lines += ["## Failed cells", "", "| cell | method | N | seed | error |", "|---|---|---|---|---|"]
-        lines += [f"| {r.cell_id} | {r.method} | {r.n} | {r.seed} | {str(r.error).splitlines()[-1] if r.error else ''} |"
-                  for r in failed.itertuples()]
+    (out_dir / "fits.json").write_text(fits.to_json(orient="records", indent=1))
+    figures = plot_all(ok, fitted, out_dir) if plots and len(ok) else []
+    lines = [f"# {title}", "", f"{ok['cell_id'].nunique()} cells finished, {failed['cell_id'].nunique()} failed.", ""]
+    lines += markdown(fits, n_boot, target_eu)
+    lines += [f"![{path.stem}]({path.name})" for path in figures] + [""]
+    lines += _failed_markdown(failed)
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def _fits_markdown(fits: pd.DataFrame) -> list[str]:
+def _failed_markdown(failed: pd.DataFrame) -> list[str]:
+    if failed.empty:
+        return []
+    lines = ["## Failed cells", "", "| cell | method | N | seed | error |", "|---|---|---|---|---|"]
+    return lines + [f"| {r.cell_id} | {r.method} | {r.n} | {r.seed} | {str(r.error).splitlines()[-1] if r.error else ''} |"
+                    for r in failed.itertuples()]
+
+
+def _num(value, spec: str = ".3g") -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def _interval(row, name: str, spec: str = ".3g") -> str:
+    value, low, high = (row.get(f"{name}{s}") for s in ("", "_lo", "_hi"))
+    if value is None or pd.isna(value):
+        return ""
+    if low is None or pd.isna(low):
+        return f"{value:{spec}} [interval unavailable]"
+    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
+def _stderr(row) -> str:
+    value = row.get("exponent_stderr")
+    return "unavailable" if value is None or pd.isna(value) else f"{value:.3g}"
+
+
+def _where(row) -> str:
+    if row["axis"] == "n":
+        return "" if pd.isna(row["size"]) else f"size {int(row['size'])}"
+    return f"N={int(row['at_n'])}" if row["axis"] == "params" else "joint"
+
+
+def markdown(fits: pd.DataFrame, n_boot: int, target_eu: float | None) -> list[str]:
     if fits.empty:
         return ["No curve has enough points to fit yet.", ""]
-    lines = ["## Power laws y = a · N^(-b)", "",
-             "| task | method | size | split | metric | b ± s.e. | a | points |", "|---|---|---|---|---|---|---|---|"]
-    for r in fits.itertuples():
-        size = "" if pd.isna(r.size) else int(r.size)
-        if r.ok:
-            err = "unavailable" if r.b_stderr is None or pd.isna(r.b_stderr) else f"{r.b_stderr:.3f}"
-            lines.append(f"| {r.task} | {r.method} | {size} | {r.split} | {r.metric} | {r.b:.3f} ± {err} | {r.a:.3g} | {r.points} |")
-        else:
-            lines.append(f"| {r.task} | {r.method} | {size} | {r.split} | {r.metric} | unfit: {r.message} | | {r.points} |")
+    records = fits.to_dict("records")
+    chosen = [r for r in records if r["chosen"]]
+    lines = ["## Scaling laws", "",
+             f"Fitted on log y (least squares in logs). Intervals are {100 * records[0]['level']:.0f}% percentile "
+             f"intervals from {n_boot} bootstrap resamples of the seeds within each x; where that is impossible "
+             "they come from lmfit's standard errors (t interval). Law chosen by AIC (a law with more "
+             "parameters must lower AIC by more than 2). Laws: power a·x^(-b); saturating a·x^(-b)+c; "
+             "offset a·(x+x0)^(-b); joint E + A·N^(-α) + B·P^(-β).", "",
+             "| task | method | where | split | metric | law | exponent [CI] | s.e. | ΔAIC vs power | at 10× max x [CI] | trend | flags |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    aic_power = {_curve_id(r): r["aic"] for r in records if r["law"] == "power"}
+    for r in chosen:
+        delta = r["aic"] - aic_power.get(_curve_id(r), math.nan)
+        lines.append(f"| {r['task']} | {r['method']} | {_where(r)} | {r['split']} | {r['metric']} | {r['law']} | "
+                     f"{r['exponent_name']} = {_interval(r, 'exponent')} | {_stderr(r)} | {_num(delta, '.1f')} | "
+                     f"{_interval(r, 'y_10x')} | {r['trend']} | {r['flags']} |")
+    lines += [""] + _unfit_markdown(records) + _dropped_markdown(records)
+    lines += _x_star_markdown(chosen, target_eu) + _holdout_markdown(chosen)
+    return lines
+
+
+def _curve_id(r) -> tuple:
+    return tuple(str(r[k]) for k in ("task", "method", "model", "split", "metric", "axis", "size", "at_n"))
+
+
+def _unfit_markdown(records) -> list[str]:
+    unfit = [r for r in records if not r["ok"]]
+    if not unfit:
+        return []
+    lines = ["### Unfit", "", "| method | where | split | metric | law | reason |", "|---|---|---|---|---|---|"]
+    return lines + [f"| {r['method']} | {_where(r)} | {r['split']} | {r['metric']} | {r['law']} | {r['message']} |"
+                    for r in unfit] + [""]
+
+
+def _dropped_markdown(records) -> list[str]:
+    dropped = [r for r in records if r["law"] == "power" and r["dropped"] > 0]
+    if not dropped:
+        return ["No value was dropped: every value was finite and positive.", ""]
+    lines = ["### Dropped values (non-finite or not positive)", "", "| method | where | split | metric | dropped | kept |",
+             "|---|---|---|---|---|---|"]
+    return lines + [f"| {r['method']} | {_where(r)} | {r['split']} | {r['metric']} | {r['dropped']} | {r['points']} |"
+                    for r in dropped] + [""]
+
+
+def _x_star_markdown(chosen, target_eu) -> list[str]:
+    rows = [r for r in chosen if not pd.isna(r.get("x_star", math.nan))]
+    if not rows:
+        return []
+    lines = [f"### How much more until epistemic uncertainty ≤ {target_eu:g} nats", "",
+             "| method | where | split | axis | largest run | needed [CI] | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        needed = _interval(r, "x_star", ".3g") if math.isfinite(r["x_star"]) else "inf"
+        lines.append(f"| {r['method']} | {_where(r)} | {r['split']} | {r['axis']} | {r['x_10x'] / 10:.3g} | "
+                     f"{needed} | {r['x_star_note']} |")
     return lines + [""]
 
 
-def plot_split(ok: pd.DataFrame, fits: pd.DataFrame, split: str, out_dir: Path) -> Path:
-    """Log-log TU / AU / EU against N, one line per (method, size): seed mean, min-max bars, fitted law."""
-    data = ok[ok["split"] == split]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
-    for ax, metric in zip(axes, UNCERTAINTIES):
-        for (method, size), group in data.groupby(["method", "size"], dropna=False):
-            stats = group.groupby("n")[metric].agg(["mean", "min", "max"]).reset_index()
-            stats = stats[stats["mean"] > 0]
-            if stats.empty:
-                continue
-            label = method if pd.isna(size) else f"{method} {group['size_knob'].iloc[0]}={int(size)}"
-            bars = np.vstack([stats["mean"] - stats["min"], stats["max"] - stats["mean"]]).clip(min=0)
-            line = ax.errorbar(stats["n"], stats["mean"], yerr=bars, fmt="o", ms=4, capsize=2, label=label)
-            law = _law_for(fits, method, size, split, metric)
-            if law is not None:
-                grid = np.geomspace(stats["n"].min(), stats["n"].max(), 50)
-                ax.plot(grid, scaling.power_law(grid, law.a, law.b), "--", color=line[0].get_color(), lw=1)
-        ax.set(xscale="log", yscale="log", xlabel="training examples N", title=f"{metric} (nats)")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"uncertainty vs N on '{split}' (dashed: fitted power law)")
+def _holdout_markdown(chosen) -> list[str]:
+    lines = []
+    for which, name in (("n", "N"), ("p", "P")):
+        rows = [r for r in chosen if not pd.isna(r.get(f"holdout_{which}_x", math.nan))]
+        if not rows:
+            continue
+        lines += [f"### Extrapolation check: refit without the largest {name}, predict it", "",
+                  f"| method | where | split | metric | law | held-out {name} | relative error | inside band |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            inside = r[f"holdout_{which}_inside"]
+            inside = "no band" if inside is None or pd.isna(inside) else ("yes" if inside else "**no**")
+            error = r[f"holdout_{which}_note"] or f"{100 * r[f'holdout_{which}_rel_error']:+.1f}%"
+            lines.append(f"| {r['method']} | {_where(r)} | {r['split']} | {r['metric']} | {r['law']} | "
+                         f"{r[f'holdout_{which}_x']:.4g} | {error} | {inside} |")
+        lines.append("")
+    return lines
+
+
+def table(fits: pd.DataFrame) -> str:
+    """A compact terminal table: the chosen law's exponent with its interval, curves against N at each
+    method's largest size (or no size) and the joint laws."""
+    if fits.empty:
+        return "no curve fitted"
+    chosen = fits[fits["chosen"] & fits["axis"].isin(["n", "joint"])]
+    largest = chosen.groupby(["task", "method"], dropna=False)["size"].transform("max")
+    chosen = chosen[(chosen["axis"] == "joint") | chosen["size"].isna() | (chosen["size"] == largest)]
+    lines = [f"{'method':<12}{'where':<11}{'split':<10}{'metric':<11}{'law':<11}exponent [interval]"]
+    for r in chosen.to_dict("records"):
+        text = _interval(r, "exponent", ".3f") if r["ok"] else f"unfit: {r['message']}"
+        flags = f"  ({r['flags']})" if r["flags"] else ""
+        lines.append(f"{r['method']:<12}{_where(r):<11}{r['split']:<10}{r['metric']:<11}{r['law']:<11}"
+                     f"{r['exponent_name']} = {text}{flags}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- plots
+
+def plot_all(ok: pd.DataFrame, fitted: list[Curve], out_dir: Path) -> list[Path]:
+    """One figure per (metric, axis): a panel per split (ID 'test' first), methods as colours."""
+    splits = sorted(ok["split"].dropna().unique(), key=lambda s: (s != "test", s))
+    methods = sorted(ok["method"].unique())
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    paths = []
+    for axis in ("n", "params"):
+        for metric in FIT_METRICS:
+            chosen = [c for c in fitted if c.key["axis"] == axis and c.key["metric"] == metric]
+            if chosen:
+                paths.append(_figure(chosen, splits, colours, axis, metric, out_dir))
+    return paths
+
+
+def _figure(chosen: list[Curve], splits, colours, axis: str, metric: str, out_dir: Path) -> Path:
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4), squeeze=False, sharey=True)
+    for ax, split in zip(axes[0], splits):
+        for curve in (c for c in chosen if c.key["split"] == split):
+            _draw(ax, curve, colours[curve.key["method"]])
+        kind = "ID" if split == "test" else "OOD"
+        ax.set(xscale="log", yscale="log", xlabel=X_LABEL[axis], title=f"{split} ({kind})")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    axes[0][0].set_ylabel(metric)
+    fig.suptitle(f"{metric} vs {X_LABEL[axis]}: points = seeds, circles = means, line = chosen law with "
+                 "its confidence band, dashed = extrapolation to 10×", fontsize=8)
     fig.tight_layout()
-    path = out_dir / f"{split}_uncertainty_vs_n.png"
-    fig.savefig(path, dpi=90)
+    path = out_dir / f"{metric}_vs_{axis}.png"
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
 
-def _law_for(fits, method, size, split, metric):
-    if fits.empty:
-        return None
-    match = fits[(fits["method"] == method) & (fits["split"] == split) & (fits["metric"] == metric) & fits["ok"]
-                 & ((fits["size"] == size) | (fits["size"].isna() & pd.isna(size)))]
-    return None if match.empty else match.iloc[0]
+def _draw(ax, curve: Curve, colour) -> None:
+    x, y = curve.xs[0], curve.y
+    keep = np.isfinite(x) & np.isfinite(y) & (y > 0)
+    if not keep.any():
+        return
+    x, y = x[keep], y[keep]
+    ax.scatter(x, y, s=6, color=colour, alpha=0.35, lw=0)
+    xs = np.unique(x)
+    means = np.array([np.exp(np.mean(np.log(y[x == v]))) for v in xs])
+    label = f"{curve.key['method']} {_where(curve.key)}".strip()
+    law = curve.best
+    if law is None or not law.ok:
+        ax.plot(xs, means, "o", ms=4, mfc="none", color=colour, label=f"{label} (unfit)")
+        return
+    ax.plot(xs, means, "o", ms=4, color=colour, label=f"{label}: {law.law}")
+    inside, beyond = np.geomspace(xs.min(), xs.max(), 40), np.geomspace(xs.max(), 10 * xs.max(), 20)
+    ax.plot(inside, law.predict(inside), "-", color=colour, lw=1.2)
+    ax.plot(beyond, law.predict(beyond), "--", color=colour, lw=1.2)
+    grid = np.concatenate([inside, beyond])
+    band = law.band(grid)
+    if band is not None:
+        ax.fill_between(grid, band[0], band[1], color=colour, alpha=0.15, lw=0)

@@ -1,24 +1,45 @@
-"""Scaling laws as plain functions, fitted with lmfit.
+"""Scaling laws as plain functions, fitted with lmfit, with bootstrap intervals and checked extrapolation.
 
-Each law is a plain function whose docstring states its formula, plus a `guess` from a straight
-line on log-log axes. Fits weight residuals by 1/y, i.e. they fit relative error, because the
-quantities span decades and a plain least-squares fit would see only the smallest N.
+Each law is a plain function whose docstring states its formula, a gradient (for the vectorised
+bootstrap), a `guess` of starting values from a straight line on log-log axes, and bounds.
+
+Every fit minimises squared *log* residuals, log y - log f(x): the quantities are positive and span
+decades, seed noise is multiplicative, and in logs a pure power law is a straight line, so lmfit's
+answer equals ordinary least squares on log-log axes. AIC/BIC of different laws compare the same data.
+
+    fit(x, y, law="power" | "saturating" | "offset", weights=None, n_boot=0, seed=0)  -> LawFit
+    fit_joint(n, p, y, ...)                                                            -> LawFit
+    select(fits), holdout(...), solve_for_x(fit, target)
+
+Bootstrap over seeds: the values at each distinct x (each N, or each (N, P) for the joint law) are
+resampled with replacement, so the design stays fixed and only seed-to-seed variation enters;
+every resample is refitted at once by a numpy Levenberg-Marquardt started at the lmfit estimate
+(1,000 lmfit calls per curve would take seconds; see benchmarks/RESULTS-fit.md).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import lmfit
 import numpy as np
+from scipy import stats
 
-MIN_POINTS = 3
 
+# ---------------------------------------------------------------- the laws
 
 def power_law(x, a, b):
     """y = a · x^(-b)"""
-    return a * np.power(x, -b)
+    return a * x ** -b
+
+
+def power_gradient(x, a, b):
+    xb = x ** -b
+    return [xb, -a * xb * np.log(x)]
 
 
 def guess_power(x, y) -> dict:
@@ -27,42 +48,449 @@ def guess_power(x, y) -> dict:
     return {"a": math.exp(intercept), "b": -slope}
 
 
-LAWS = {"power": (power_law, guess_power)}
+def saturating_law(x, a, b, c):
+    """y = a · x^(-b) + c, with c ≥ 0: a floor that no amount of x removes"""
+    return a * x ** -b + c
 
+
+def saturating_gradient(x, a, b, c):
+    xb = x ** -b
+    return [xb, -a * xb * np.log(x), np.ones_like(xb)]
+
+
+def guess_saturating(x, y) -> dict:
+    """A floor of a quarter of the smallest y, then the log-log line through what is left.
+    (Starting c exactly at its bound 0 would stall lmfit's bounded parameter.)"""
+    c = 0.25 * np.min(y)
+    start = guess_power(x, y - c)
+    return start | {"b": max(start["b"], 1e-3), "c": c}
+
+
+def offset_law(x, a, b, x0):
+    """y = a · (x + x0)^(-b), with x0 > -min(x): a power law whose small-x end is shifted.
+    Finite-size corrections look like this, e.g. exact Bayesian linear regression has
+    EU ≈ d / (2 (N - d - 1)), an exact power law in N - d - 1 with exponent 1."""
+    return a * (x + x0) ** -b
+
+
+def offset_gradient(x, a, b, x0):
+    xb = (x + x0) ** -b
+    return [xb, -a * xb * np.log(x + x0), -a * b * xb / (x + x0)]
+
+
+def guess_offset(x, y) -> dict:
+    return guess_power(x, y) | {"x0": 0.0}
+
+
+def joint_law(n, p, E, A, alpha, B, beta):
+    """y = E + A · N^(-α) + B · P^(-β): data and model size each remove their own part"""
+    return E + A * n ** -alpha + B * p ** -beta
+
+
+def joint_gradient(n, p, E, A, alpha, B, beta):
+    na, pb = n ** -alpha, p ** -beta
+    return [np.ones_like(na * pb), na, -A * na * np.log(n), pb, -B * pb * np.log(p)]
+
+
+def guess_joint(n, p, y) -> dict:
+    """A floor of a quarter of the smallest y; exponents from the plane log(y - E) ~ log N + log P;
+    A and B each explain half of what is above the floor."""
+    floor = 0.25 * np.min(y)
+    design = np.column_stack([np.ones_like(n), np.log(n), np.log(p)])
+    _, slope_n, slope_p = np.linalg.lstsq(design, np.log(y - floor), rcond=None)[0]
+    alpha, beta = (float(np.clip(-s, 0.05, 5)) for s in (slope_n, slope_p))
+    above = np.mean(y - floor)
+    return {"E": floor, "A": 0.5 * above / np.mean(n ** -alpha), "alpha": alpha,
+            "B": 0.5 * above / np.mean(p ** -beta), "beta": beta}
+
+
+@dataclass(frozen=True)
+class Law:
+    function: Callable
+    gradient: Callable
+    guess: Callable
+    bounds: Callable  # (*xs) -> {parameter: (min, max)}; may depend on the data (offset's x0)
+    exponents: tuple[str, ...]  # the parameters reported as exponents
+    independent: tuple[str, ...] = ("x",)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return tuple(inspect.signature(self.function).parameters)[len(self.independent):]
+
+
+LAWS = {
+    "power": Law(power_law, power_gradient, guess_power,
+                 lambda x: {"a": (0, np.inf), "b": (-10, 10)}, ("b",)),  # b < 0: a rising curve, a finding
+    "saturating": Law(saturating_law, saturating_gradient, guess_saturating,
+                      lambda x: {"a": (0, np.inf), "b": (0, 10), "c": (0, np.inf)}, ("b",)),
+    "offset": Law(offset_law, offset_gradient, guess_offset,
+                  lambda x: {"a": (0, np.inf), "b": (0, 10), "x0": (-0.9 * np.min(x), 10 * np.max(x))}, ("b",)),
+    "joint": Law(joint_law, joint_gradient, guess_joint,
+                 lambda n, p: {"E": (0, np.inf), "A": (0, np.inf), "alpha": (0, 10), "B": (0, np.inf), "beta": (0, 10)},
+                 ("alpha", "beta"), independent=("n", "p")),
+}
+CURVE_LAWS = ("power", "saturating", "offset")  # the laws tried on a one-variable curve, simplest first
+
+
+def _in_logs(function):
+    """The law's logarithm, with the law's own signature, so lmfit sees the same parameters."""
+    @functools.wraps(function)
+    def log_function(*args, **kwargs):
+        return np.log(function(*args, **kwargs))
+    return log_function
+
+
+@functools.lru_cache(maxsize=None)
+def model(name: str) -> lmfit.Model:
+    """The lmfit Model of log f for the named law."""
+    law = LAWS[name]
+    return lmfit.Model(_in_logs(law.function), independent_vars=list(law.independent))
+
+
+# ---------------------------------------------------------------- the result
 
 @dataclass
 class LawFit:
     law: str
     values: dict[str, float]
-    stderr: dict[str, float | None]  # None: the covariance could not be estimated
-    n_points: int
+    stderr: dict[str, float | None]  # None: lmfit could not estimate the covariance ("unavailable")
+    ci: dict[str, tuple[float, float] | None]  # at `level`; see ci_method
+    ci_method: str = "unavailable"  # "bootstrap" (percentile), "stderr" (t interval) or "unavailable"
+    level: float = 0.95
+    n_points: int = 0
     n_dropped: int = 0  # non-finite or non-positive values left out
     ok: bool = True
     message: str = ""
     aic: float = float("nan")
     bic: float = float("nan")
-    extra: dict = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    lack_of_fit_p: float | None = None  # F-test of the law against the scatter of seeds at each x
+    residual_sd: float = float("nan")  # of log residuals: the seed scatter a new run adds
+    boot: np.ndarray | None = None  # (R, parameters) bootstrap refits
+    seed: int = 0
+    xs: tuple = ()  # the finite data the law was fitted to, and its weights
+    y: np.ndarray | None = None
+    w: np.ndarray | None = None
 
-    def predict(self, x):
-        function, _ = LAWS[self.law]
-        return function(np.asarray(x, dtype=float), **self.values)
+    def predict(self, *xs):
+        return LAWS[self.law].function(*(np.asarray(x, dtype=float) for x in xs), **self.values)
+
+    def draws(self, *xs) -> np.ndarray:
+        """The law at xs under every bootstrap refit: (R, len(x))."""
+        xs = [np.atleast_1d(np.asarray(x, dtype=float)) for x in xs]
+        columns = [self.boot[:, [j]] for j in range(self.boot.shape[1])]
+        return LAWS[self.law].function(*xs, *columns)
+
+    def band(self, *xs, kind: str = "confidence", m: int = 1):
+        """(lower, upper) at `level` for the law itself ("confidence"), or for the mean of m new
+        seeds ("prediction": adds the seed scatter, σ/√m in logs); None without a bootstrap."""
+        if self.boot is None:
+            return None
+        logs = np.log(self.draws(*xs))  # (R, len(x))
+        if kind == "prediction":
+            rng = np.random.default_rng(self.seed + 1)
+            logs = logs + rng.normal(0, self.residual_sd / math.sqrt(m), logs.shape)
+        tail = 100 * (1 - self.level) / 2
+        lower, upper = np.nanpercentile(logs, [tail, 100 - tail], axis=0)
+        return np.exp(lower), np.exp(upper)
 
 
-def fit(x, y, law: str = "power") -> LawFit:
-    """Fit y against x with the named law. Too few usable points gives ok=False, not an exception."""
-    if law not in LAWS:
-        raise ValueError(f"unknown law {law!r}; allowed: {', '.join(LAWS)}")
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    usable = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    x, y, dropped = x[usable], y[usable], int((~usable).sum())
-    if len(x) < MIN_POINTS or len(np.unique(x)) < 2:
-        return LawFit(law, {}, {}, len(x), dropped, ok=False,
-                      message=f"need at least {MIN_POINTS} finite points at 2+ distinct x, got {len(x)}")
-    function, guess = LAWS[law]
-    model = lmfit.Model(function)
-    result = model.fit(y, model.make_params(**guess(x, y)), x=x, weights=1.0 / y)
-    values = {name: p.value for name, p in result.params.items()}
-    stderr = {name: (p.stderr if p.stderr is not None and math.isfinite(p.stderr) else None)
-              for name, p in result.params.items()}
-    return LawFit(law, values, stderr, len(x), dropped, ok=bool(result.success),
-                  message=result.message, aic=result.aic, bic=result.bic)
+def unfit(law: str, n_points: int, n_dropped: int, message: str) -> LawFit:
+    return LawFit(law, {}, {}, {}, n_points=n_points, n_dropped=n_dropped, ok=False, message=message)
+
+
+# ---------------------------------------------------------------- fitting
+
+def fit(x, y, law: str = "power", weights=None, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> LawFit:
+    """Fit y against x with the named law (see LAWS). `weights` multiply the log residuals.
+    n_boot > 0 adds percentile intervals from a bootstrap over the seeds at each x.
+    Too few usable points gives ok=False with the reason, not an exception."""
+    if law not in LAWS or LAWS[law].independent != ("x",):
+        allowed = [name for name in LAWS if LAWS[name].independent == ("x",)]
+        raise ValueError(f"unknown law {law!r}; allowed: {', '.join(allowed)} (joint: use fit_joint)")
+    return _fit(law, [x], y, weights, n_boot, seed, level)
+
+
+def fit_joint(n, p, y, weights=None, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> LawFit:
+    """Fit y = E + A·N^(-α) + B·P^(-β); the bootstrap resamples seeds within each (N, P)."""
+    return _fit("joint", [n, p], y, weights, n_boot, seed, level)
+
+
+def _fit(name, xs, y, weights, n_boot, seed, level) -> LawFit:
+    law = LAWS[name]
+    xs, y, w, dropped = _finite(xs, y, weights)
+    k = len(law.params)
+    need = k + 1  # one degree of freedom left, or there is no error to estimate
+    distinct = len(np.unique(np.column_stack(xs), axis=0))
+    if len(y) < need:
+        return unfit(name, len(y), dropped, f"need at least {need} finite points, got {len(y)}")
+    if distinct < k:
+        return unfit(name, len(y), dropped, f"need at least {k} distinct x values, got {distinct}")
+    params = model(name).make_params(**law.guess(*xs, y))
+    for pname, (low, high) in law.bounds(*xs).items():
+        params[pname].set(min=low, max=high, value=float(np.clip(params[pname].value, low, high)))
+    try:
+        result = model(name).fit(np.log(y), params, weights=w, **dict(zip(law.independent, xs)))
+    except ValueError as exc:  # lmfit refuses NaN from a wandering parameter
+        return unfit(name, len(y), dropped, f"fit failed: {exc}")
+    values = {p: float(v.value) for p, v in result.params.items()}
+    perfect = result.chisqr <= 1e-20 * len(y)  # no residual, no noise to scale a covariance by
+    stderr = {p: None if perfect else _usable(v.stderr) for p, v in result.params.items()}
+    out = LawFit(name, values, stderr, {}, level=level, n_points=len(y), n_dropped=dropped,
+                 ok=bool(result.success), message="" if result.success else result.message,
+                 aic=float(result.aic), bic=float(result.bic), seed=seed, xs=tuple(xs), y=y, w=w,
+                 residual_sd=float(np.sqrt(result.chisqr / max(len(y) - k, 1))))
+    out.lack_of_fit_p = _lack_of_fit(xs, np.log(y), result.residual / w, k)
+    out.ci, out.ci_method = _stderr_intervals(stderr, values, len(y) - k, level)
+    out.flags = _flags(out, law.bounds(*xs))
+    return bootstrap(out, n_boot) if n_boot > 0 else out
+
+
+def _finite(xs, y, weights):
+    xs = [np.asarray(x, dtype=float).ravel() for x in xs]
+    y = np.asarray(y, dtype=float).ravel()
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float).ravel()
+    usable = np.isfinite(y) & (y > 0) & np.isfinite(w) & (w > 0)
+    for x in xs:
+        usable &= np.isfinite(x) & (x > 0)
+    return [x[usable] for x in xs], y[usable], w[usable], int((~usable).sum())
+
+
+def _usable(stderr) -> float | None:
+    """lmfit's standard error, or None when it is missing, infinite or exactly zero (a perfect or
+    degenerate fit has no estimable covariance; a zero would read as certainty)."""
+    if stderr is None or not math.isfinite(stderr) or stderr <= 0:
+        return None
+    return float(stderr)
+
+
+def _stderr_intervals(stderr, values, dof, level):
+    t = stats.t.ppf(0.5 + level / 2, max(dof, 1))
+    ci = {p: None if s is None else (values[p] - t * s, values[p] + t * s) for p, s in stderr.items()}
+    return ci, "stderr" if any(v is not None for v in ci.values()) else "unavailable"
+
+
+def _lack_of_fit(xs, logy, residual, k) -> float | None:
+    """p-value of the classical lack-of-fit F-test: is the scatter around the law larger than the
+    scatter between seeds at the same x? Small p: the law's shape is wrong, and intervals that
+    only know seed noise are too narrow for extrapolation."""
+    _, group = np.unique(np.column_stack(xs), axis=0, return_inverse=True)
+    group = group.ravel()
+    means = np.bincount(group, logy) / np.bincount(group)
+    pure = float(np.sum((logy - means[group]) ** 2))
+    dof_pure, dof_lof = len(logy) - group.max() - 1, group.max() + 1 - k
+    if dof_pure <= 0 or dof_lof <= 0 or pure <= 0:
+        return None
+    lack = max(float(np.sum(residual ** 2)) - pure, 0.0)
+    return float(stats.f.sf((lack / dof_lof) / (pure / dof_pure), dof_lof, dof_pure))
+
+
+def _flags(out: LawFit, bounds) -> list[str]:
+    flags = []
+    for name in LAWS[out.law].exponents:
+        value = out.values[name]
+        for bound in bounds[name]:
+            if math.isfinite(bound) and abs(value - bound) <= 1e-4 * (1 + abs(bound)):
+                flags.append(f"{name} at bound {bound:g}")
+    if out.lack_of_fit_p is not None and out.lack_of_fit_p < 0.01:
+        flags.append(f"lack of fit (p={out.lack_of_fit_p:.2g})")
+    return flags
+
+
+def trend(out: LawFit) -> str:
+    """'falling', 'flat' or 'rising' from the power-law exponent and its interval. A flat or rising
+    curve is a finding about the method (uncertainty that does not shrink with data), not an error."""
+    if not out.ok:
+        return "unknown"
+    b = out.values[LAWS[out.law].exponents[0]]
+    low, high = out.ci.get(LAWS[out.law].exponents[0]) or (b, b)
+    if abs(b) < 0.01:  # a tenfold x changes y by under 2.3%
+        return "flat"
+    if low > 0:
+        return "falling"
+    return "rising" if high < 0 else "flat"
+
+
+# ---------------------------------------------------------------- bootstrap
+
+def bootstrap(out: LawFit, n_boot: int = 1000) -> LawFit:
+    """Resample seeds within each x, refit every resample at once, keep percentile intervals.
+    Deterministic: the resamples come from numpy's generator seeded with out.seed."""
+    rng = np.random.default_rng(out.seed)
+    _, group = np.unique(np.column_stack(out.xs), axis=0, return_inverse=True)
+    group = group.ravel()
+    if np.bincount(group).max() < 2:
+        out.flags.append("bootstrap needs 2+ seeds at some x; intervals from lmfit's errors")
+        return out
+    index = np.empty((n_boot, len(out.y)), dtype=int)  # (R, n): which seed stands in for each point
+    for g in range(group.max() + 1):
+        members = np.flatnonzero(group == g)
+        index[:, members] = members[rng.integers(0, len(members), (n_boot, len(members)))]
+    # Least squares in logs depends on the points at one x only through their weighted mean
+    # (Σ w²(log y - log f)² = Σ_x W (mean - log f)² + const), so each resample is refitted on one
+    # point per x: the same answer, several times fewer points.
+    w2 = out.w[index] ** 2  # (R, n)
+    onehot = (group[:, None] == np.arange(group.max() + 1)).astype(float)  # (n, G)
+    sums, logs = w2 @ onehot, (w2 * np.log(out.y[index])) @ onehot  # (R, G)
+    first = np.array([np.flatnonzero(group == g)[0] for g in range(group.max() + 1)])
+    boot = _refit(out, [x[first] for x in out.xs], np.exp(logs / sums), np.sqrt(sums))
+    out.boot = boot[np.all(np.isfinite(boot), axis=1)]
+    tail = 100 * (1 - out.level) / 2
+    lower, upper = np.percentile(out.boot, [tail, 100 - tail], axis=0)
+    out.ci = {p: (float(lower[j]), float(upper[j])) for j, p in enumerate(LAWS[out.law].params)}
+    out.ci_method = "bootstrap"
+    return out
+
+
+def _refit(out: LawFit, xs, Y, W) -> np.ndarray:
+    """Every resample's parameters, (R, parameters), by the same estimator lmfit used."""
+    if out.law == "power":  # a straight line in logs: weighted least squares, exactly, all rows at once
+        design = np.column_stack([np.ones_like(xs[0]), -np.log(xs[0])])  # (n, 2)
+        lhs = np.einsum("rn,ni,nj->rij", W ** 2, design, design)
+        rhs = np.einsum("rn,ni,rn->ri", W ** 2, design, np.log(Y))
+        log_a, b = np.linalg.solve(lhs, rhs[..., None])[..., 0].T
+        return np.column_stack([np.exp(log_a), b])
+    law = LAWS[out.law]
+    bounds = law.bounds(*out.xs)
+    low, high = (np.array([bounds[p][i] for p in law.params]) for i in (0, 1))
+    return refit_many(law, xs, Y, W, [out.values[p] for p in law.params], low, high)
+
+
+def refit_many(law: Law, xs, Y, W, start, low, high, iterations: int = 100) -> np.ndarray:
+    """Levenberg-Marquardt on log residuals for every row of Y at once: (R, n) -> (R, parameters).
+    Steps are projected onto the bounds; each row stops when its cost stops falling."""
+    theta = np.tile(np.asarray(start, dtype=float), (Y.shape[0], 1))
+    logY = np.log(Y)
+    r, J = _residual_and_jacobian(law, xs, theta, logY, W)
+    cost = np.sum(r ** 2, axis=1)
+    damping = np.full(len(theta), 1e-3)
+    active = np.arange(len(theta))  # rows still moving
+    for _ in range(iterations):
+        step = _damped_step(J[active], r[active], damping[active], theta[active], low, high)
+        trial = np.clip(theta[active] + step, low, high)
+        r_new, J_new = _residual_and_jacobian(law, xs, trial, logY[active], W[active])
+        cost_new = np.sum(r_new ** 2, axis=1)
+        better = np.isfinite(cost_new) & (cost_new < cost[active])
+        gain = (cost[active] - cost_new) / np.maximum(cost[active], 1e-300)
+        # Converged well below what any interval can show: parameters still by < 1e-7 relative.
+        tiny = np.all(np.abs(trial - theta[active]) <= 1e-7 * (np.abs(theta[active]) + 1e-12), axis=1)
+        rows = active[better]
+        theta[rows], r[rows], J[rows], cost[rows] = trial[better], r_new[better], J_new[better], cost_new[better]
+        damping[active] = np.where(better, damping[active] * 0.3, damping[active] * 10)
+        done = tiny | (better & (gain < 1e-9)) | (~better & (damping[active] > 1e6))
+        active = active[~done]
+        if len(active) == 0:
+            break
+    return theta
+
+
+def _residual_and_jacobian(law: Law, xs, theta, logY, W):
+    columns = [theta[:, [j]] for j in range(theta.shape[1])]  # (R, 1) each, broadcast against x (n,)
+    f = law.function(*xs, *columns)  # (R, n)
+    with np.errstate(all="ignore"):
+        r = W * (logY - np.log(f))
+        J = np.stack([-W * np.broadcast_to(g, f.shape) / f for g in law.gradient(*xs, *columns)], -1)
+    return r, J  # (R, n), (R, n, k)
+
+
+def _damped_step(J, r, damping, theta, low, high):
+    """Marquardt's step, scaled by the diagonal of JᵀJ so that parameters of any size move alike.
+    A parameter at a bound that the gradient pushes further out is held there (its column
+    zeroed), so the others still move instead of every step being clipped back."""
+    descent = -(r[:, None, :] @ J)[:, 0, :]  # (R, k)
+    held = ((theta <= low) & (descent < 0)) | ((theta >= high) & (descent > 0))
+    J = np.where(held[:, None, :], 0.0, J)
+    JtJ = J.transpose(0, 2, 1) @ J  # (R, k, k)
+    scale = np.diagonal(JtJ, axis1=1, axis2=2)
+    scale = np.maximum(scale, 1e-12 * scale.max(axis=1, keepdims=True) + 1e-30)
+    lhs = JtJ + (damping[:, None] * scale)[:, :, None] * np.eye(J.shape[2])
+    rhs = np.where(held, 0.0, descent)[..., None]
+    lhs, rhs = np.nan_to_num(lhs), np.nan_to_num(rhs)
+    try:
+        return np.linalg.solve(lhs, rhs)[..., 0]
+    except np.linalg.LinAlgError:  # a parameter with no effect in some row
+        return (np.linalg.pinv(lhs) @ rhs)[..., 0]
+
+
+# ---------------------------------------------------------------- using the fits
+
+def select(fits: dict[str, LawFit], criterion: str = "aic") -> str | None:
+    """The law with the lowest AIC (or BIC); a law with more parameters must beat a simpler one by
+    more than 2 (Burnham & Anderson's 'substantial support') to be chosen. None if nothing fitted."""
+    fitted = sorted((f for f in fits.values() if f.ok), key=lambda f: len(f.values))
+    best = None
+    for candidate in fitted:
+        if best is None or getattr(candidate, criterion) < getattr(best, criterion) - 2:
+            best = candidate
+    return None if best is None else best.law
+
+
+def solve_for_x(out: LawFit, target: float):
+    """Smallest x at which the law predicts y ≤ target: (value, lower, upper, note). inf when the
+    law never gets there (saturates above the target, or does not fall)."""
+    values = {p: np.atleast_1d(v) for p, v in out.values.items()}
+    point = float(_solve(out.law, values, target)[0])
+    interval = (None, None)
+    if out.boot is not None:
+        columns = {p: out.boot[:, j] for j, p in enumerate(LAWS[out.law].params)}
+        tail = (1 - out.level) / 2
+        # inverted_cdf: no interpolation between a finite x and inf
+        interval = tuple(float(np.quantile(_solve(out.law, columns, target), q, method="inverted_cdf"))
+                         for q in (tail, 1 - tail))
+    return point, *interval, _never_note(out, target) if math.isinf(point) else ""
+
+
+def _solve(law: str, v: dict, target: float) -> np.ndarray:
+    b = v["b"]
+    floor = v.get("c", np.zeros_like(b))
+    shift = v.get("x0", np.zeros_like(b))
+    with np.errstate(all="ignore"):
+        x = (v["a"] / (target - floor)) ** (1 / b) - shift
+    return np.where((b > 0) & (floor < target), np.maximum(x, 0), np.inf)
+
+
+def _never_note(out: LawFit, target: float) -> str:
+    if out.values.get("c", 0) >= target:
+        return f"never: the law saturates at {out.values['c']:.3g} ≥ {target:g}"
+    return f"never: the fitted curve does not fall (exponent {out.values['b']:.3g})"
+
+
+@dataclass
+class Holdout:
+    held_out: float  # the x left out
+    predicted: float
+    observed: float  # geometric mean over seeds there (the fit is in logs)
+    relative_error: float
+    inside: bool | None  # within the prediction band for the mean of that many seeds; None without one
+    note: str = ""
+
+
+def holdout(xs, y, law: str, drop: int = 0, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> Holdout | None:
+    """Refit without the largest value of xs[drop] and predict the points left out. For several
+    held-out points (the joint law), the worst relative error is reported and all must be inside."""
+    xs = [np.asarray(x, dtype=float) for x in xs]
+    y = np.asarray(y, dtype=float)
+    keep = np.isfinite(y) & (y > 0) & np.all([np.isfinite(x) for x in xs], axis=0)
+    xs, y = [x[keep] for x in xs], y[keep]
+    if len(y) == 0:
+        return None
+    largest = xs[drop].max()
+    train = xs[drop] < largest
+    fitted = _fit(law, [x[train] for x in xs], y[train], None, n_boot, seed, level)
+    if not fitted.ok:
+        return Holdout(largest, math.nan, math.nan, math.nan, None, f"refit unfit: {fitted.message}")
+    keys, group = np.unique(np.column_stack([x[~train] for x in xs]), axis=0, return_inverse=True)
+    checks = [_check_point(fitted, key, y[~train][group.ravel() == g]) for g, key in enumerate(keys)]
+    worst = max(checks, key=lambda c: abs(c.relative_error))
+    insides = [c.inside for c in checks]
+    return Holdout(largest, worst.predicted, worst.observed, worst.relative_error,
+                   None if None in insides else all(insides))
+
+
+def _check_point(fitted: LawFit, key, seeds) -> Holdout:
+    observed = float(np.exp(np.mean(np.log(seeds))))
+    predicted = float(fitted.predict(*key))
+    band = fitted.band(*key, kind="prediction", m=len(seeds))
+    slack = 1e-9 * observed  # a band of zero width (a perfect fit) still holds its own prediction
+    inside = None if band is None else bool(band[0][0] - slack <= observed <= band[1][0] + slack)
+    return Holdout(float(key[0]), predicted, observed, (predicted - observed) / observed, inside)

@@ -31,7 +31,7 @@ def test_exact_epistemic_uncertainty_falls_as_one_over_n(regression_run):
     assert law.points == 6 * 3  # every N and seed, nothing dropped
     report = (output / "regression" / "report" / "report.md").read_text()
     assert "18 cells finished, 0 failed" in report
-    assert (output / "regression" / "report" / "test_uncertainty_vs_n.png").stat().st_size > 10_000
+    assert (output / "regression" / "report" / "epistemic_vs_n.png").stat().st_size > 10_000
 
 
 def test_rerunning_a_finished_launch_runs_nothing_and_adds_no_rows(regression_run, capsys):
