@@ -65,8 +65,10 @@ class Experiment:
     methods: MethodOptions = field(default_factory=MethodOptions)
     resources: Resources = field(default_factory=Resources)
 
-    def validate(self) -> "Experiment":
-        _validate(self)
+    def validate(self, check_data: bool = True) -> "Experiment":
+        """Check everything; check_data=False skips what needs the dataset itself (N against its size),
+        so --plan works on a machine that cannot reach a hub dataset."""
+        _validate(self, check_data)
         return self
 
 
@@ -169,7 +171,7 @@ def smoke(experiment: Experiment) -> Experiment:
 # ---------------------------------------------------------------------------------------------
 # Validation
 
-def _validate(e: Experiment) -> None:
+def _validate(e: Experiment, check_data: bool = True) -> None:
     if not isinstance(e.name, str) or not e.name or "/" in e.name:
         raise ExperimentError(f"experiment name {e.name!r} must be a non-empty string without '/'")
     task_names = {cls: name for name, cls in TASKS.items()}
@@ -194,7 +196,7 @@ def _validate(e: Experiment) -> None:
     if too_small:
         raise ExperimentError(f"grid.n value(s) {too_small} are below the {minimum} a cell of task "
                               f"{task_names[type(e.task)]!r} needs (one sequence of task.context tokens)")
-    available = e.task.available_train_size()
+    available = _available_train_size(e.task) if check_data else float("inf")
     too_big = [n for n in g.n if n > available]
     if too_big:
         raise ExperimentError(
@@ -227,6 +229,15 @@ def _validate(e: Experiment) -> None:
     for problem in (e.task.problems(), e.model.problems(), e.methods.problems()):
         if problem:
             raise ExperimentError(problem)
+
+
+def _available_train_size(task) -> int:
+    try:
+        return task.available_train_size()
+    except (ConnectionError, OSError) as exc:
+        raise ExperimentError(
+            f"cannot reach the data of task {task!r}: {exc}. Without internet, point the task at a local "
+            f"copy (e.g. source='text:/data/*.txt', or a dataset saved to a local folder)") from exc
 
 
 def _positive(section, names, prefix):

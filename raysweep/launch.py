@@ -17,6 +17,10 @@ from raysweep import report, store
 from raysweep.experiment import ExperimentError, cell_label
 
 
+class LaunchError(RuntimeError):
+    """A problem found once Ray is up (e.g. the cluster's shape), reported before any cell runs."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="raysweep", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="path to an experiment file defining `experiment = Experiment(...)`")
@@ -25,8 +29,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="override a field, dotted for nested ones (e.g. grid.seeds=0,1); repeatable")
     parser.add_argument("--output", default="runs", help="results go to OUTPUT/<experiment name>/ (default: runs)")
     parser.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto'; default: a local Ray")
+    parser.add_argument("--storage", default=os.environ.get("RAYSWEEP_STORAGE"),
+                        help="Tune's run storage, shared by every node: s3://..., gs://... or a shared "
+                             "filesystem path (default: $RAYSWEEP_STORAGE, else OUTPUT; required on multi-node "
+                             "clusters). raysweep's results store is written by the driver and needs none")
     parser.add_argument("--max-concurrent", type=int, default=None, help="at most K cells at once")
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local runs)")
+    parser.add_argument("--plan", action="store_true", help="print the grid, cells, FLOPs and GPU-hours; run nothing")
     args = parser.parse_args(argv)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         parser.error(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
@@ -39,7 +48,7 @@ def prepare(args: argparse.Namespace) -> exp.Experiment:
     if args.smoke:
         experiment = exp.smoke(experiment)
     # Explicit --set values win over --smoke's choices.
-    return exp.apply_overrides(experiment, args.overrides).validate()
+    return exp.apply_overrides(experiment, args.overrides).validate(check_data=not args.plan)
 
 
 def main(argv=None) -> int:
@@ -49,6 +58,11 @@ def main(argv=None) -> int:
     except ExperimentError as exc:
         print(f"raysweep: error: {exc}", file=sys.stderr)
         return 2
+    if args.plan:
+        from raysweep.plan import describe
+
+        print(describe(experiment))
+        return 0
     root = Path(args.output).resolve() / experiment.name
     results = store.results_dir(args.output, experiment.name).resolve()
     try:
@@ -65,12 +79,29 @@ def main(argv=None) -> int:
     print(f"[raysweep] {experiment.name}: {len(grid)} cells, {len(grid) - len(todo)} already done, "
           f"{len(todo)} to run -> {results}", flush=True)
     if todo:
-        run_sweep(experiment, todo, len(grid), len(grid) - len(todo), root, args)
+        try:
+            run_sweep(experiment, todo, len(grid), len(grid) - len(todo), root, args)
+        except LaunchError as exc:
+            print(f"raysweep: error: {exc}", file=sys.stderr)
+            return 2
     else:
         print("[raysweep] nothing to run: every cell is already in the store")
     path = report.write(results, root / "report", title=f"raysweep report: {experiment.name}")
     print(f"[raysweep] report: {path}")
     return 0
+
+
+def start_local_ray(dashboard: bool):
+    """An embedded Ray on this machine's CPUs. The dashboard listens on loopback only (anyone who
+    reaches it can run code here) and Ray's token authentication stays on."""
+    import ray
+
+    context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
+                       num_cpus=os.cpu_count())
+    if context.dashboard_url:
+        print(f"[raysweep] Ray dashboard: http://{context.dashboard_url} "
+              f"(it asks for the token in ~/.ray/auth_token; print it with `ray get-auth-token`)", flush=True)
+    return context
 
 
 def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root: Path, args) -> None:
@@ -86,13 +117,15 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
     started = time.time()
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
+        nodes = [node for node in ray.nodes() if node["Alive"]]
+        if len(nodes) > 1 and not args.storage:
+            ray.shutdown()
+            raise LaunchError(
+                f"the cluster at {args.address!r} has {len(nodes)} nodes, but Tune's run storage would be "
+                f"{root}, a folder on this node only; pass --storage s3://BUCKET/PATH (or gs://..., or a "
+                f"filesystem shared by every node), or set RAYSWEEP_STORAGE")
     else:
-        # Local: bind the dashboard to loopback only; Ray's token authentication stays on.
-        context = ray.init(include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
-                           log_to_driver=False, num_cpus=os.cpu_count())
-        if context.dashboard_url:
-            print(f"[raysweep] Ray dashboard: http://{context.dashboard_url} "
-                  f"(token in ~/.ray/auth_token if it asks for one)", flush=True)
+        start_local_ray(dashboard=not args.no_dashboard)
     resources = experiment.resources
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": resources.cpus, "gpu": resources.gpus}),
@@ -106,7 +139,7 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
         ),
         run_config=tune.RunConfig(
             name="tune",
-            storage_path=str(root),
+            storage_path=args.storage or str(root),
             callbacks=[StoreCallback(store.results_dir(root.parent, experiment.name), total, already_done),
                        JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=resources.max_retries),

@@ -46,6 +46,7 @@ SCHEMA = pa.schema(
         ("status", pa.string()),  # "ok" or "failed"
         ("error", pa.string()),
         ("wall_time_s", pa.float64()),
+        ("node", pa.string()),  # Ray node id of the worker that ran the cell
         *[(name, pa.float64()) for name in METRICS],
         ("config", pa.string()),  # the cell's full resolved config, JSON
         ("versions", pa.string()),  # package versions, JSON
@@ -53,6 +54,8 @@ SCHEMA = pa.schema(
 )
 
 TEMP_PREFIX = ".tmp-"
+# A file without these is not a raysweep result; other columns may be absent (older versions).
+REQUIRED_COLUMNS = {"cell_id", "attempt", "kind", "status"}
 
 
 def results_dir(output: str | Path, experiment: str) -> Path:
@@ -96,8 +99,8 @@ def quarantine_corrupt(directory: str | Path) -> list[str]:
     messages = []
     for path in sorted(Path(directory).glob("*.parquet")):
         try:
-            schema = pq.read_schema(path)
-            problem = None if schema.equals(SCHEMA) else "its schema is not the raysweep results schema"
+            missing = REQUIRED_COLUMNS - set(pq.read_schema(path).names)
+            problem = f"it lacks the columns {sorted(missing)}" if missing else None
         except (pa.ArrowException, OSError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
         if problem:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import ray
 import torch
 from ray import tune
 
@@ -18,7 +19,12 @@ def trainable(config: dict) -> None:
     cell = config["cell"]
     torch.set_num_threads(max(1, int(config["cpus"])))
     device = "cuda" if config.get("gpus", 0) > 0 and torch.cuda.is_available() else "cpu"
-    run_cell(cell, lambda rows: tune.report({"rows": rows}), device=device)
+    node = ray.get_runtime_context().get_node_id()  # recorded so a result can be traced to its machine
+
+    def report(rows: list[dict]) -> None:
+        tune.report({"rows": [row | {"node": node} for row in rows]})
+
+    run_cell(cell, report, device=device)
 
 
 class StoreCallback(tune.Callback):

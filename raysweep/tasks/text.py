@@ -17,16 +17,21 @@ import functools
 import glob
 import sysconfig
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from raysweep.tasks.data import CLASSIFICATION, TaskData, nested_subset
 
 BYTE_VOCAB = 256
+# Vocabulary sizes of common tokenizers, so --plan works offline for a corpus on the hub.
+KNOWN_VOCAB = {"gpt2": 50257, "EleutherAI/gpt-neox-20b": 50277}
 
 
 @dataclass(frozen=True)
 class Text:
+    counts_tokens: ClassVar[bool] = True  # grid.n is a number of training tokens
+
     source: str = "pydoc"  # "pydoc", "hf:<dataset>[:<config>]" or "text:<glob of local text files>"
     tokenizer: str = ""  # "" = raw bytes; else a transformers tokenizer name or local folder
     context: int = 64  # tokens per training sequence
@@ -54,6 +59,11 @@ class Text:
     @property
     def vocab_size(self) -> int:
         return BYTE_VOCAB if not self.tokenizer else len(_tokenizer(self.tokenizer))
+
+    def plan_dims(self, max_eval: int, n_ood: int) -> tuple[int, int, int, int]:
+        """(context, vocabulary, tokens per sequence, evaluation sequences) without loading the corpus."""
+        vocab = BYTE_VOCAB if not self.tokenizer else KNOWN_VOCAB.get(self.tokenizer) or self.vocab_size
+        return self.context, vocab, self.context, max(1, max_eval // self.context) * (1 + n_ood)
 
     def load(self, n: int, seed: int, ood: list[str], max_eval: int) -> TaskData:
         corpus = self._corpus()

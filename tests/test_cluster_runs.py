@@ -1,0 +1,54 @@
+"""Sweeps on a multi-node Ray cluster (ray.cluster_utils.Cluster: several raylets on this machine)."""
+
+import psutil
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from raysweep import store
+from raysweep.launch import main, start_local_ray
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def regression_args(root, output, address, *extra):
+    return [str(root / "experiments" / "regression.py"), "--output", str(output), "--address", address,
+            "--set", "grid.methods=exact", "--set", "grid.seeds=0,1", *extra]
+
+
+def test_a_sweep_spreads_over_the_nodes_and_completes_the_store(root, tmp_path, cluster):
+    args = regression_args(root, tmp_path / "runs", cluster.address, "--storage", str(tmp_path / "shared"))
+    assert main(args) == 0
+    table = store.load(store.results_dir(tmp_path / "runs", "regression"))
+    assert table.num_rows == 6 * 2 * 2  # 6 N x 2 seeds x (test, shifted)
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert len(set(table.column("node").to_pylist())) > 1  # cells ran on more than one node
+
+
+def test_node_local_storage_on_a_multi_node_cluster_is_refused(root, tmp_path, cluster, capsys, monkeypatch):
+    monkeypatch.delenv("RAYSWEEP_STORAGE", raising=False)
+    assert main(regression_args(root, tmp_path / "runs", cluster.address)) == 2
+    assert "has 3 nodes, but Tune's run storage would be" in capsys.readouterr().err
+    assert not list(store.results_dir(tmp_path / "runs", "regression").glob("*.parquet"))
+
+
+def test_the_local_dashboard_listens_on_loopback_only():
+    context = start_local_ray(dashboard=True)
+    try:
+        port = int(context.dashboard_url.rsplit(":", 1)[1])
+        listening = [c.laddr.ip for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        assert listening and set(listening) == {"127.0.0.1"}
+    finally:
+        ray.shutdown()

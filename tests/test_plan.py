@@ -1,0 +1,35 @@
+import sys
+
+import pytest
+
+from raysweep import experiment as E
+from raysweep.launch import main
+from raysweep.plan import estimate
+
+
+def test_plan_flops_follow_the_stated_formula(root):
+    e = E.apply_overrides(E.load(root / "experiments" / "digits.py"),
+                          ["grid.n=100", "grid.sizes=16", "grid.methods=ensemble", "grid.seeds=0",
+                           "train.epochs=3", "train.min_steps=0", "methods.ensemble.members=5"])
+    (cost,) = estimate(e)
+    params = (64 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10)  # MLP 64 -> 16 -> 16 -> 10
+    assert cost.params == params
+    assert cost.train_flops == 6 * params * 1 * (3 * 100) * 5
+    eval_examples = 397 * (1 + len(e.grid.ood))
+    assert cost.eval_flops == 2 * params * eval_examples * 5
+
+
+def test_plan_runs_nothing_and_works_offline_for_a_hub_corpus(root, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # importing ray would fail: --plan never starts it
+    monkeypatch.setenv("RAYSWEEP_SCALE", "full")
+    assert main([str(root / "experiments" / "lm.py"), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "324 cells" in out and "GPU-hours" in out and "6·P" in out
+
+
+def test_an_unreachable_dataset_is_a_clear_error_before_work(root, monkeypatch):
+    monkeypatch.setenv("RAYSWEEP_SCALE", "full")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    e = E.load(root / "experiments" / "lm.py")
+    with pytest.raises(E.ExperimentError, match="cannot reach the data of task"):
+        e.validate()
