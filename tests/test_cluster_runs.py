@@ -52,3 +52,29 @@ def test_the_local_dashboard_listens_on_loopback_only():
         assert listening and set(listening) == {"127.0.0.1"}
     finally:
         ray.shutdown()
+
+
+def test_cells_of_a_removed_node_are_rescheduled_within_their_retry_bound(root, tmp_path, cluster, capsys):
+    import threading
+    import time
+
+    output = tmp_path / "runs"
+    args = [str(root / "experiments" / "digits.py"), "--output", str(output), "--address", cluster.address,
+            "--storage", str(tmp_path / "shared"), "--smoke", "--set", "grid.methods=ensemble",
+            "--set", "grid.seeds=0,1,2", "--set", "train.epochs=800", "--set", "resources.max_retries=2"]
+    outcome = {}
+    sweep = threading.Thread(target=lambda: outcome.setdefault("code", main(args)))
+    sweep.start()
+    results = store.results_dir(output, "digits")
+    deadline = time.time() + 240
+    while not list(results.glob("*.parquet")) and time.time() < deadline:
+        time.sleep(0.2)
+    cluster.remove_node(cluster.list_all_nodes()[-1])  # a worker node disappears mid-sweep
+    sweep.join(timeout=600)
+    assert outcome.get("code") == 0
+    table = store.load(results)
+    assert table.column("cell_id").unique().to_pylist().__len__() == 6
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    retries = [line for line in capsys.readouterr().out.splitlines() if "retrying" in line]
+    labels = [line.split("retrying ")[1].split(" ")[0] for line in retries]
+    assert all(labels.count(label) <= 2 for label in labels)  # no cell beyond its retry bound
