@@ -30,13 +30,14 @@ def expected_cells(root, *extra):
     return {c["cell_id"] for c in E.cells(E.apply_overrides(e, overrides))}
 
 
-def busy_trial_worker(timeout=90.0):
-    """The first Ray worker process running a trial that has used a second of CPU."""
+def busy_trial_worker(driver, timeout=120.0):
+    """The first Ray worker process of this driver's local Ray running a trial that has used a
+    second of CPU (only its descendants: other Ray instances on the machine are left alone)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for process in psutil.process_iter(["cmdline"]):
+        for process in psutil.Process(driver.pid).children(recursive=True):
             try:
-                title = " ".join(process.info["cmdline"] or [])
+                title = " ".join(process.cmdline())
                 if title.startswith("ray::") and "IDLE" not in title and "Func" in title and process.cpu_times().user > 1.0:
                     return process
             except psutil.Error:
@@ -47,7 +48,7 @@ def busy_trial_worker(timeout=90.0):
 
 def test_a_worker_killed_mid_cell_is_retried_and_written_once(root, tmp_path):
     driver = launch(root, tmp_path)
-    busy_trial_worker().send_signal(signal.SIGKILL)
+    busy_trial_worker(driver).send_signal(signal.SIGKILL)
     output, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, output
     assert "retrying" in output
