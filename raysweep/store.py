@@ -76,6 +76,8 @@ def write_cell(directory: str | Path, rows: list[dict]) -> Path:
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, final)  # atomic on POSIX: the file appears whole or not at all
+    except OSError as exc:  # disk full, permission denied, ...: say where and why
+        raise OSError(exc.errno, f"cannot write results to {directory}: {exc.strerror or exc}") from exc
     finally:
         temporary.unlink(missing_ok=True)
     return final

@@ -35,7 +35,7 @@ def test_a_write_interrupted_before_its_rename_leaves_no_visible_file(tmp_path, 
         raise OSError("simulated crash before rename")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(OSError, match="cannot write results to .*: simulated crash"):
         store.write_cell(tmp_path, rows("a", "001"))
     assert list(tmp_path.iterdir()) == []
     assert store.load(tmp_path).num_rows == 0
@@ -99,3 +99,17 @@ def test_launch_reports_an_unwritable_output_folder(root, tmp_path, capsys, monk
     blocker.write_text("")
     assert main([str(root / "experiments" / "regression.py"), "--output", str(blocker)]) == 2
     assert "cannot write results to" in capsys.readouterr().err
+
+
+def test_a_full_disk_gives_a_clear_error_and_no_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    def half_write_then_fail(table, path, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"PAR1 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.pq, "write_table", half_write_then_fail)
+    with pytest.raises(OSError, match=r"cannot write results to .*: No space left on device"):
+        store.write_cell(tmp_path, rows("a", "001"))
+    assert list(tmp_path.iterdir()) == []
