@@ -73,6 +73,14 @@ def curves(results: pd.DataFrame):
 
 def fit_curve(curve: Curve, n_boot: int, seed: int) -> Curve:
     """Every law that applies, AIC's choice, and a bootstrap of the chosen law."""
+    _fit_laws(curve, seed)
+    if curve.chosen and n_boot > 0:
+        scaling.bootstrap(curve.best, n_boot)
+    return curve
+
+
+def _fit_laws(curve: Curve, seed: int) -> Curve:
+    """Every law that applies and AIC's choice, without the bootstrap."""
     # A seed per curve, stable across runs and machines, so no two curves share resamples.
     seed = seed + zlib.crc32(json.dumps(curve.key, sort_keys=True, default=str).encode())
     if curve.key["axis"] == "joint":
@@ -80,19 +88,19 @@ def fit_curve(curve: Curve, n_boot: int, seed: int) -> Curve:
     else:
         curve.fits = {law: scaling.fit(curve.xs[0], curve.y, law, seed=seed) for law in scaling.CURVE_LAWS}
     curve.chosen = scaling.select(curve.fits)
-    if curve.chosen and n_boot > 0:
-        scaling.bootstrap(curve.best, n_boot)
     return curve
 
 
-def rows_of(curve: Curve, holdout: bool, target_eu: float | None) -> list[dict]:
-    """One row per (curve, law); the chosen law's row also carries extrapolations and checks."""
+def rows_of(curve: Curve, holdout: bool | dict, target_eu: float | None) -> list[dict]:
+    """One row per (curve, law); the chosen law's row also carries extrapolations and checks.
+    `holdout` may be the columns of the holdout checks already computed for this curve."""
     trend = scaling.trend(curve.fits["power"]) if "power" in curve.fits else ""
     rows = []
     for name, law in curve.fits.items():
         row = curve.key | {"law": name, "chosen": name == curve.chosen, "trend": trend} | _law_columns(law)
         if name == curve.chosen:
-            row |= _extrapolation(curve, law, target_eu) | (_holdouts(curve, law) if holdout else {})
+            checks = holdout if isinstance(holdout, dict) else (_holdouts(curve, law) if holdout else {})
+            row |= _extrapolation(curve, law, target_eu) | checks
         rows.append(row)
     # The pure power law first: the reference every reader knows (and tests/test_launch.py reads).
     return sorted(rows, key=lambda r: r["law"] != "power")
@@ -123,23 +131,47 @@ def _extrapolation(curve: Curve, law: scaling.LawFit, target_eu: float | None) -
     return out
 
 
-def _holdouts(curve: Curve, law: scaling.LawFit) -> dict:
+def _holdout_drops(curve: Curve):
     """Refit without the largest N (axes n, joint) and without the largest P (axes params, joint)."""
-    drops = {"n": [("n", 0)], "params": [("p", 0)], "joint": [("n", 0), ("p", 1)]}[curve.key["axis"]]
-    n_boot = 0 if law.boot is None else len(law.boot)
-    out = {}
-    for which, drop in drops:
-        check = scaling.holdout(law.xs, law.y, law.law, drop, n_boot=n_boot, seed=law.seed, level=law.level)
-        if check is not None:
-            out |= {f"holdout_{which}_x": check.held_out, f"holdout_{which}_rel_error": check.relative_error,
-                    f"holdout_{which}_inside": check.inside, f"holdout_{which}_note": check.note}
+    return {"n": [("n", 0)], "params": [("p", 0)], "joint": [("n", 0), ("p", 1)]}[curve.key["axis"]]
+
+
+def _holdouts(curve: Curve, law: scaling.LawFit) -> dict:
+    return _holdouts_many([curve])[0]
+
+
+def _holdouts_many(fitted: list[Curve]) -> list[dict]:
+    """The holdout columns of every curve's chosen law. All refits are made first and bootstrapped
+    together (scaling.bootstrap_many), with as many resamples as the chosen law's own bootstrap and
+    the same seed; the answers are those of scaling.holdout curve by curve."""
+    refits = []  # (curve index, which, n_boot, split)
+    for i, curve in enumerate(fitted):
+        law = curve.best
+        if law is None:
+            continue
+        for which, drop in _holdout_drops(curve):
+            split = scaling.holdout_refit(law.xs, law.y, law.law, drop, seed=law.seed, level=law.level)
+            if split is not None:
+                refits.append((i, which, 0 if law.boot is None else len(law.boot), split))
+    for n_boot in sorted({r[2] for r in refits if r[2] > 0}):
+        scaling.bootstrap_many([r[3][0] for r in refits if r[2] == n_boot and r[3][0].ok], n_boot)
+    out = [{} for _ in fitted]
+    for i, which, _, split in refits:
+        check = scaling.holdout_check(*split)
+        out[i] |= {f"holdout_{which}_x": check.held_out, f"holdout_{which}_rel_error": check.relative_error,
+                   f"holdout_{which}_inside": check.inside, f"holdout_{which}_note": check.note}
     return out
 
 
 def fit_all(results: pd.DataFrame, n_boot: int = 1000, seed: int = 0, holdout: bool = False,
             target_eu: float | None = 0.01) -> tuple[pd.DataFrame, list[Curve]]:
-    fitted = [fit_curve(curve, n_boot, seed) for curve in curves(results)]
-    rows = [row for curve in fitted for row in rows_of(curve, holdout, target_eu)]
+    """Fit every curve: point fits curve by curve, then the bootstraps of all chosen laws (and of all
+    holdout refits) in vectorised batches, one per law; the same answers as fit_curve one by one."""
+    fitted = [_fit_laws(curve, seed) for curve in curves(results)]
+    if n_boot > 0:
+        scaling.bootstrap_many([c.best for c in fitted if c.chosen], n_boot)
+    checks = _holdouts_many(fitted) if holdout else [{} for _ in fitted]
+    rows = [row for curve, check in zip(fitted, checks) for row in rows_of(curve, check, target_eu)]
     return pd.DataFrame(rows), fitted
 
 
@@ -322,7 +354,8 @@ def _figure(chosen: list[Curve], splits, colours, axis: str, metric: str, out_di
     axes[0][0].set_ylabel(metric)
     fig.suptitle(f"{metric} vs {X_LABEL[axis]}: points = seeds, circles = means, line = chosen law with "
                  "its confidence band, dashed = extrapolation to 10×", fontsize=8)
-    fig.tight_layout()
+    # Fixed margins instead of tight_layout, which draws the whole figure once more to measure it.
+    fig.subplots_adjust(left=0.08 / len(splits) + 0.02, right=0.98, bottom=0.13, top=0.86, wspace=0.05)
     path = out_dir / f"{metric}_vs_{axis}.png"
     fig.savefig(path, dpi=80)
     plt.close(fig)

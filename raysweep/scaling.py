@@ -230,7 +230,7 @@ def _fit(name, xs, y, weights, n_boot, seed, level) -> LawFit:
     for pname, (low, high) in law.bounds(*xs).items():
         params[pname].set(min=low, max=high, value=float(np.clip(params[pname].value, low, high)))
     try:
-        result = model(name).fit(np.log(y), params, weights=w, **dict(zip(law.independent, xs)))
+        result = lmfit.minimize(_log_residual(law, xs, np.log(y), w), params, method="leastsq")
     except ValueError as exc:  # lmfit refuses NaN from a wandering parameter
         return unfit(name, len(y), dropped, f"fit failed: {exc}")
     values = {p: float(v.value) for p, v in result.params.items()}
@@ -244,6 +244,24 @@ def _fit(name, xs, y, weights, n_boot, seed, level) -> LawFit:
     out.ci, out.ci_method = _stderr_intervals(stderr, values, len(y) - k, level)
     out.flags = _flags(out, law.bounds(*xs))
     return bootstrap(out, n_boot) if n_boot > 0 else out
+
+
+def _log_residual(law: Law, xs, logy, w):
+    """The residual lmfit.Model(log f).fit minimises, (log y - log f)·w, computed with the same
+    floating-point operations but without Model's per-call overhead (argument matching, coercion),
+    so lmfit.minimize takes the same steps and returns the same parameters, errors and AIC."""
+    names = law.params
+
+    def residual(params):
+        fitted = np.log(law.function(*xs, *(params[p].value for p in names)))
+        if not np.all(np.isfinite(fitted)):
+            raise ValueError("The model function generated NaN values and the fit aborted! Please check "
+                             "your model function and/or set boundaries on parameters where applicable. "
+                             "In cases like this, using \"nan_policy='omit'\" will probably not work.")
+        diff = logy - fitted
+        diff *= w
+        return diff
+    return residual
 
 
 def _finite(xs, y, weights):
@@ -316,12 +334,45 @@ def trend(out: LawFit) -> str:
 def bootstrap(out: LawFit, n_boot: int = 1000) -> LawFit:
     """Resample seeds within each x, refit every resample at once, keep percentile intervals.
     Deterministic: the resamples come from numpy's generator seeded with out.seed."""
+    return bootstrap_many([out], n_boot)[0]
+
+
+def bootstrap_many(outs: list[LawFit], n_boot: int = 1000) -> list[LawFit]:
+    """`bootstrap` of many fits at once: the resamples of every fit of the same law (and number of
+    distinct x) are refitted in one vectorised Levenberg-Marquardt call. Each row of that call is
+    independent of the others, so every fit gets the same resamples and refits as on its own."""
+    jobs = [(out, _resamples(out, n_boot)) for out in outs]
+    batches: dict[tuple, list] = {}
+    for out, job in jobs:
+        if job is not None and out.law != "power":
+            batches.setdefault((out.law, job[1].shape[1]), []).append((out, job))
+    for (name, _), batch in batches.items():
+        law = LAWS[name]
+        rows = [len(job[1]) for _, job in batch]
+        xs = [np.concatenate([np.broadcast_to(job[0][i], job[1].shape) for _, job in batch])
+              for i in range(len(law.independent))]
+        Y, W = (np.concatenate([job[j] for _, job in batch]) for j in (1, 2))
+        start, low, high = (np.concatenate([np.broadcast_to(v, (r, len(law.params)))
+                                            for v, r in zip(column, rows)])
+                            for column in zip(*(_start_and_bounds(out) for out, _ in batch)))
+        boot = refit_many(law, xs, Y, W, start, low, high, segments=np.repeat(np.arange(len(rows)), rows))
+        for (out, _), part in zip(batch, np.split(boot, np.cumsum(rows)[:-1])):
+            _keep_boot(out, part)
+    for out, job in jobs:
+        if job is not None and out.law == "power":
+            _keep_boot(out, _refit(out, *job))
+    return outs
+
+
+def _resamples(out: LawFit, n_boot: int):
+    """(xs, Y, W) of every resample, one weighted point per distinct x; None (and a flag) when no x
+    has two seeds to resample."""
     rng = np.random.default_rng(out.seed)
     _, group = np.unique(np.column_stack(out.xs), axis=0, return_inverse=True)
     group = group.ravel()
     if np.bincount(group).max() < 2:
         out.flags.append("bootstrap needs 2+ seeds at some x; intervals from lmfit's errors")
-        return out
+        return None
     index = np.empty((n_boot, len(out.y)), dtype=int)  # (R, n): which seed stands in for each point
     for g in range(group.max() + 1):
         members = np.flatnonzero(group == g)
@@ -333,13 +384,22 @@ def bootstrap(out: LawFit, n_boot: int = 1000) -> LawFit:
     onehot = (group[:, None] == np.arange(group.max() + 1)).astype(float)  # (n, G)
     sums, logs = w2 @ onehot, (w2 * np.log(out.y[index])) @ onehot  # (R, G)
     first = np.array([np.flatnonzero(group == g)[0] for g in range(group.max() + 1)])
-    boot = _refit(out, [x[first] for x in out.xs], np.exp(logs / sums), np.sqrt(sums))
+    return [x[first] for x in out.xs], np.exp(logs / sums), np.sqrt(sums)
+
+
+def _keep_boot(out: LawFit, boot: np.ndarray) -> None:
     out.boot = boot[np.all(np.isfinite(boot), axis=1)]
     tail = 100 * (1 - out.level) / 2
     lower, upper = np.percentile(out.boot, [tail, 100 - tail], axis=0)
     out.ci = {p: (float(lower[j]), float(upper[j])) for j, p in enumerate(LAWS[out.law].params)}
     out.ci_method = "bootstrap"
-    return out
+
+
+def _start_and_bounds(out: LawFit):
+    law = LAWS[out.law]
+    bounds = law.bounds(*out.xs)
+    low, high = (np.array([bounds[p][i] for p in law.params]) for i in (0, 1))
+    return np.array([out.values[p] for p in law.params]), low, high
 
 
 def _refit(out: LawFit, xs, Y, W) -> np.ndarray:
@@ -350,25 +410,31 @@ def _refit(out: LawFit, xs, Y, W) -> np.ndarray:
         rhs = np.einsum("rn,ni,rn->ri", W ** 2, design, np.log(Y))
         log_a, b = np.linalg.solve(lhs, rhs[..., None])[..., 0].T
         return np.column_stack([np.exp(log_a), b])
-    law = LAWS[out.law]
-    bounds = law.bounds(*out.xs)
-    low, high = (np.array([bounds[p][i] for p in law.params]) for i in (0, 1))
-    return refit_many(law, xs, Y, W, [out.values[p] for p in law.params], low, high)
+    return refit_many(LAWS[out.law], xs, Y, W, *_start_and_bounds(out))
 
 
-def refit_many(law: Law, xs, Y, W, start, low, high, iterations: int = 100) -> np.ndarray:
+def refit_many(law: Law, xs, Y, W, start, low, high, iterations: int = 100, segments=None) -> np.ndarray:
     """Levenberg-Marquardt on log residuals for every row of Y at once: (R, n) -> (R, parameters).
-    Steps are projected onto the bounds; each row stops when its cost stops falling."""
-    theta = np.tile(np.asarray(start, dtype=float), (Y.shape[0], 1))
+    Steps are projected onto the bounds; each row stops when its cost stops falling.
+    xs, start, low and high may be shared by every row ((n,) and (k,)) or given per row ((R, n) and
+    (R, k)): rows never interact, so many curves' resamples can go through one call. `segments`
+    (R,) says which curve each row belongs to; where one row's step is singular, all rows of its
+    curve take the pseudo-inverse step, exactly as when that curve is refitted alone."""
+    segments = np.zeros(Y.shape[0], dtype=int) if segments is None else np.asarray(segments)
+    R, k = Y.shape[0], len(law.params)
+    theta = np.array(np.broadcast_to(np.asarray(start, dtype=float), (R, k)))
+    low, high = (np.broadcast_to(np.asarray(v, dtype=float), (R, k)) for v in (low, high))
+    xs = [np.broadcast_to(np.asarray(x, dtype=float), Y.shape) for x in xs]
     logY = np.log(Y)
     r, J = _residual_and_jacobian(law, xs, theta, logY, W)
     cost = np.sum(r ** 2, axis=1)
     damping = np.full(len(theta), 1e-3)
     active = np.arange(len(theta))  # rows still moving
     for _ in range(iterations):
-        step = _damped_step(J[active], r[active], damping[active], theta[active], low, high)
-        trial = np.clip(theta[active] + step, low, high)
-        r_new, J_new = _residual_and_jacobian(law, xs, trial, logY[active], W[active])
+        low_a, high_a = low[active], high[active]
+        step = _damped_step(J[active], r[active], damping[active], theta[active], low_a, high_a, segments[active])
+        trial = np.clip(theta[active] + step, low_a, high_a)
+        r_new, J_new = _residual_and_jacobian(law, [x[active] for x in xs], trial, logY[active], W[active])
         cost_new = np.sum(r_new ** 2, axis=1)
         better = np.isfinite(cost_new) & (cost_new < cost[active])
         gain = (cost[active] - cost_new) / np.maximum(cost[active], 1e-300)
@@ -393,7 +459,7 @@ def _residual_and_jacobian(law: Law, xs, theta, logY, W):
     return r, J  # (R, n), (R, n, k)
 
 
-def _damped_step(J, r, damping, theta, low, high):
+def _damped_step(J, r, damping, theta, low, high, segments):
     """Marquardt's step, scaled by the diagonal of JᵀJ so that parameters of any size move alike.
     A parameter at a bound that the gradient pushes further out is held there (its column
     zeroed), so the others still move instead of every step being clipped back."""
@@ -408,8 +474,15 @@ def _damped_step(J, r, damping, theta, low, high):
     lhs, rhs = np.nan_to_num(lhs), np.nan_to_num(rhs)
     try:
         return np.linalg.solve(lhs, rhs)[..., 0]
-    except np.linalg.LinAlgError:  # a parameter with no effect in some row
-        return (np.linalg.pinv(lhs) @ rhs)[..., 0]
+    except np.linalg.LinAlgError:  # a parameter with no effect in some row: pseudo-inverse for its curve
+        singular = np.isin(segments, segments[np.linalg.det(lhs) == 0])
+        step = np.empty(rhs.shape[:2])
+        step[singular] = (np.linalg.pinv(lhs[singular]) @ rhs[singular])[..., 0]
+        try:
+            step[~singular] = np.linalg.solve(lhs[~singular], rhs[~singular])[..., 0]
+        except np.linalg.LinAlgError:
+            step[~singular] = (np.linalg.pinv(lhs[~singular]) @ rhs[~singular])[..., 0]
+        return step
 
 
 # ---------------------------------------------------------------- using the fits
@@ -468,19 +541,35 @@ class Holdout:
 def holdout(xs, y, law: str, drop: int = 0, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> Holdout | None:
     """Refit without the largest value of xs[drop] and predict the points left out. For several
     held-out points (the joint law), the worst relative error is reported and all must be inside."""
+    split = holdout_refit(xs, y, law, drop, seed, level)
+    if split is None:
+        return None
+    if split[0].ok and n_boot > 0:
+        bootstrap(split[0], n_boot)
+    return holdout_check(*split)
+
+
+def holdout_refit(xs, y, law: str, drop: int = 0, seed: int = 0, level: float = 0.95):
+    """The first half of `holdout`: (refit without the largest xs[drop], held-out xs, held-out y),
+    not yet bootstrapped (so that many refits can go through `bootstrap_many` together); None when
+    no point is usable."""
     xs = [np.asarray(x, dtype=float) for x in xs]
     y = np.asarray(y, dtype=float)
     keep = np.isfinite(y) & (y > 0) & np.all([np.isfinite(x) for x in xs], axis=0)
     xs, y = [x[keep] for x in xs], y[keep]
     if len(y) == 0:
         return None
-    largest = xs[drop].max()
-    train = xs[drop] < largest
-    fitted = _fit(law, [x[train] for x in xs], y[train], None, n_boot, seed, level)
+    train = xs[drop] < xs[drop].max()
+    fitted = _fit(law, [x[train] for x in xs], y[train], None, 0, seed, level)
+    return fitted, [x[~train] for x in xs], y[~train], float(xs[drop].max())
+
+
+def holdout_check(fitted: LawFit, xs_out, y_out, largest: float) -> Holdout:
+    """The second half of `holdout`: predict the held-out points with the (bootstrapped) refit."""
     if not fitted.ok:
         return Holdout(largest, math.nan, math.nan, math.nan, None, f"refit unfit: {fitted.message}")
-    keys, group = np.unique(np.column_stack([x[~train] for x in xs]), axis=0, return_inverse=True)
-    checks = [_check_point(fitted, key, y[~train][group.ravel() == g]) for g, key in enumerate(keys)]
+    keys, group = np.unique(np.column_stack(xs_out), axis=0, return_inverse=True)
+    checks = [_check_point(fitted, key, y_out[group.ravel() == g]) for g, key in enumerate(keys)]
     worst = max(checks, key=lambda c: abs(c.relative_error))
     insides = [c.inside for c in checks]
     return Holdout(largest, worst.predicted, worst.observed, worst.relative_error,

@@ -165,3 +165,24 @@ def test_lack_of_fit_is_flagged_when_the_shape_is_wrong():
 def test_unknown_law_is_refused():
     with pytest.raises(ValueError, match="unknown law 'cubic'; allowed: power, saturating, offset"):
         scaling.fit([1, 2, 3], [1, 2, 3], "cubic")
+
+
+def test_batched_bootstrap_equals_each_curve_alone():
+    fits = [scaling.fit(N, noisy(5.0 * N ** -0.8 + 0.004 * k, 0.02, seed=k), "saturating", seed=k) for k in (1, 2, 3)]
+    alone = [scaling.bootstrap(scaling.fit(N, noisy(5.0 * N ** -0.8 + 0.004 * k, 0.02, seed=k), "saturating", seed=k), 50)
+             for k in (1, 2, 3)]
+    scaling.bootstrap_many(fits, 50)
+    for together, one in zip(fits, alone):
+        np.testing.assert_allclose(together.boot, one.boot, rtol=1e-9)
+
+
+def test_point_fit_equals_lmfit_model_fit():
+    y = noisy(5.0 * N ** -0.8 + 0.004, 0.02)
+    law = scaling.fit(N, y, "saturating")
+    params = scaling.model("saturating").make_params(**scaling.guess_saturating(N, y))
+    for name, (low, high) in scaling.LAWS["saturating"].bounds(N).items():
+        params[name].set(min=low, max=high)
+    reference = scaling.model("saturating").fit(np.log(y), params, weights=np.ones_like(y), x=N)
+    for name, p in reference.params.items():
+        assert law.values[name] == pytest.approx(p.value, rel=1e-9) and law.stderr[name] == pytest.approx(p.stderr, rel=1e-6)
+    assert law.aic == pytest.approx(reference.aic, rel=1e-9)
