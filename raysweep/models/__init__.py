@@ -4,12 +4,19 @@ naming the integer field the grid's `sizes` axis sets, `build(input_dim, output_
 
 import torch
 
+from raysweep.models.cnn import CNN
 from raysweep.models.gpt import GPT
 from raysweep.models.mlp import MLP
+from raysweep.models.resnet import ResNet, WideResNet
+from raysweep.models.vit import ViT
 
 MODELS = {
     "mlp": MLP,
     "gpt": GPT,
+    "cnn": CNN,
+    "resnet": ResNet,
+    "wrn": WideResNet,
+    "vit": ViT,
 }
 
 

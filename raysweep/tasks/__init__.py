@@ -7,11 +7,12 @@ A task is a frozen config dataclass with `load(n, seed, ood, max_eval) -> TaskDa
 from raysweep.tasks.algorithmic import ModularArithmetic
 from raysweep.tasks.regression import LinearRegression
 from raysweep.tasks.text import Text
-from raysweep.tasks.vision import Digits
+from raysweep.tasks.vision import Digits, Vision
 
 TASKS = {
     "regression": LinearRegression,
     "digits": Digits,
+    "vision": Vision,
     "text": Text,
     "algorithmic": ModularArithmetic,
 }

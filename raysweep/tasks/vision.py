@@ -1,9 +1,39 @@
-"""Image classification. The offline default is scikit-learn's bundled 8x8 digits (1,797 images)."""
+"""Image classification: scikit-learn's bundled digits offline, and CIFAR-10, CIFAR-100, SVHN and
+ImageNet32 through HF `datasets`.
+
+`Digits` (the offline default): 8x8 handwritten digits, 1,797 images, no download. It gives flat
+(N, 64) vectors for the MLP, or (N, 1, 8, 8) images for the image models with `as_images=True`.
+
+`Vision`: the standard datasets, loaded with `datasets.load_dataset` from the HF hub, or from a local
+folder holding one subfolder per dataset (`root`). Images are (N, 3, H, W) floats, normalised per
+channel with the mean and std of a fixed sample of the training split (the same for every cell; OOD
+sets are normalised with the in-distribution statistics, as a deployed model would see them).
+
+    dataset      hub id (load_dataset)                       image column  label column  eval split
+    cifar10      uoft-cs/cifar10                             img           label         test
+    cifar100     uoft-cs/cifar100                            img           fine_label    test
+    svhn         ufldl-stanford/svhn, config cropped_digits  image         label         test
+    imagenet32   benjamin-paine/imagenet-1k-32x32            image         label         validation
+
+Every dataset is also an OOD set of every other (SVHN for CIFAR-10 is the classic), and "noise" is
+uniform random pixels. With `root="/data/vision"`, `cifar10` is read from `/data/vision/cifar10/`:
+parquet files named by split as on the hub (`train.parquet`, `test.parquet`, or
+`data/train-00000-of-00001.parquet`, ...) through the same `load_dataset` call, or a folder written
+by `DatasetDict.save_to_disk`. A machine with internet access can make one with
+`load_dataset("uoft-cs/cifar10").save_to_disk("/data/vision/cifar10")`.
+
+`augment=True` returns a random-crop (4-pixel zero padding) and horizontal-flip function in
+`TaskData.extras["augment"]`, for the training loop to apply to each minibatch (torch ops only).
+"""
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from raysweep.tasks.data import CLASSIFICATION, TaskData, nested_subset
@@ -22,6 +52,14 @@ class Digits:
     """
 
     n_test: int = 397
+    as_images: bool = False  # (N, 1, 8, 8) images for the image models instead of flat (N, 64) vectors
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        return (1, 8, 8) if self.as_images else None
+
+    def problems_with(self, model) -> str | None:
+        return _model_problems(self, model, "task.as_images=False")
 
     def available_train_size(self) -> int:
         return N_DIGITS - self.n_test
@@ -44,16 +82,222 @@ class Digits:
         test_idx, pool_idx = order[: self.n_test], order[self.n_test:]
         train_idx = pool_idx[nested_subset(len(pool_idx), n, seed)]
         test_images = images[test_idx][:max_eval]
-        eval_sets = {"test": (test_images.flatten(1), labels[test_idx][:max_eval])}
+        shape = (1, 8, 8) if self.as_images else (64,)
+        eval_sets = {"test": (test_images.reshape(-1, *shape), labels[test_idx][:max_eval])}
         if "rotated" in ood:
-            eval_sets["rotated"] = (torch.rot90(test_images, 1, dims=(1, 2)).flatten(1), None)
+            eval_sets["rotated"] = (torch.rot90(test_images, 1, dims=(1, 2)).reshape(-1, *shape), None)
         if "noise" in ood:
             noise = torch.rand(len(test_images), 64, generator=torch.Generator().manual_seed(SPLIT_SEED))
-            eval_sets["noise"] = (noise, None)
+            eval_sets["noise"] = (noise.reshape(-1, *shape), None)
         return TaskData(
             kind=CLASSIFICATION,
-            train_x=images[train_idx].flatten(1),
+            train_x=images[train_idx].reshape(-1, *shape),
             train_y=labels[train_idx],
             eval_sets=eval_sets,
             n_classes=10,
         )
+
+
+def _model_problems(task, model, flat_hint: str) -> str | None:
+    """Images need an image model, and flat vectors a model that takes them (e.g. the MLP)."""
+    takes_images = getattr(model, "takes_images", False)
+    if task.image_shape is not None and not takes_images:
+        return (f"task {type(task).__name__} gives images {task.image_shape}, but model {type(model).__name__} "
+                f"takes flat vectors; set {flat_hint} or use an image model (cnn, resnet, wrn, vit)")
+    return None  # flat vectors to an image model: the model's own problems_with says so
+
+
+# ---------------------------------------------------------------------------------------------
+# The standard datasets through HF `datasets`
+
+@dataclass(frozen=True)
+class Source:
+    hub: str  # load_dataset path on the HF hub
+    config: str | None
+    image: str  # column names
+    label: str
+    eval_split: str
+    train_size: int  # images in the train split of the hub version
+    classes: int
+
+
+DATASETS = {
+    "cifar10": Source("uoft-cs/cifar10", None, "img", "label", "test", 50_000, 10),
+    "cifar100": Source("uoft-cs/cifar100", None, "img", "fine_label", "test", 50_000, 100),
+    "svhn": Source("ufldl-stanford/svhn", "cropped_digits", "image", "label", "test", 73_257, 10),
+    "imagenet32": Source("benjamin-paine/imagenet-1k-32x32", None, "image", "label", "validation", 1_281_167, 1000),
+}
+HUB_IMAGE_SHAPE = (3, 32, 32)  # every hub dataset above: 32x32 RGB
+
+
+@dataclass(frozen=True)
+class Vision:
+    """One of DATASETS (see the module docstring); OOD sets: the other datasets, and "noise"."""
+
+    dataset: str = "cifar10"
+    root: str = ""  # a folder with one subfolder per dataset; "" = the HF hub
+    augment: bool = False  # random crop + horizontal flip of each training minibatch
+    flatten: bool = False  # flat (N, C·H·W) vectors for the MLP instead of images
+    stats_images: int = 5_000  # training images whose per-channel mean and std normalise every set
+
+    def problems(self) -> str | None:
+        if self.dataset not in DATASETS:
+            return f"task.dataset {self.dataset!r} is not one of: {', '.join(DATASETS)}"
+        if self.root and not self._local(self.dataset).is_dir():
+            return (f"task.root {self.root!r} has no folder {self.dataset!r}: put the dataset there (parquet files "
+                    f"named by split, or a save_to_disk folder), or set task.root='' to load "
+                    f"{DATASETS[self.dataset].hub!r} from the HF hub")
+        if self.stats_images <= 0:
+            return f"task.stats_images must be > 0, got {self.stats_images}"
+        if self.augment and self.flatten:
+            return "task.augment crops and flips images: it needs task.flatten=False"
+        if self.augment:
+            from raysweep.methods import training
+
+            if not getattr(training, "SUPPORTS_AUGMENT", False):
+                return ("task.augment=True needs a training loop that applies TaskData.extras['augment'] to each "
+                        "minibatch, and raysweep.methods.training does not (yet); set task.augment=False")
+        return None
+
+    def problems_with(self, model) -> str | None:
+        return _model_problems(self, model, "task.flatten=False")
+
+    def available_train_size(self) -> int:
+        if self._bad_location():
+            return sys.maxsize  # validation refuses the config later, with the message of problems()
+        return len(self._split(self.dataset, "train")) if self.root else DATASETS[self.dataset].train_size
+
+    def ood_sets(self) -> tuple[str, ...]:
+        others = [name for name in DATASETS if name != self.dataset]
+        if self.root and not self._bad_location():  # offer only what is there, so a missing folder is refused before training
+            others = [name for name in others if self._local(name).is_dir()]
+        return (*others, "noise")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        return None if self.flatten else self._shape()
+
+    def load(self, n: int, seed: int, ood: list[str], max_eval: int) -> TaskData:
+        source, shape = DATASETS[self.dataset], self._shape()
+        train = self._split(self.dataset, "train")
+        if n > len(train):
+            raise ValueError(f"N={n} exceeds the {len(train)} training images of {self.dataset!r}")
+        mean, std = _channel_stats(self.root, self.dataset, self.stats_images)
+
+        def normalise(images: torch.Tensor) -> torch.Tensor:  # uint8 (B, C, H, W) -> float
+            x = (images.float() / 255 - mean[:, None, None]) / std[:, None, None]
+            return x.flatten(1) if self.flatten else x
+
+        train_idx = nested_subset(len(train), n, seed)
+        train_x = normalise(_images(train, source.image, train_idx, shape))
+        train_y = _labels(train, source, train_idx, self.dataset)
+        test = self._split(self.dataset, source.eval_split)
+        test_idx = _fixed_sample(len(test), max_eval)
+        eval_sets = {"test": (normalise(_images(test, source.image, test_idx, shape)),
+                              _labels(test, source, test_idx, self.dataset))}
+        for name in ood:
+            if name == "noise":
+                generator = torch.Generator().manual_seed(SPLIT_SEED)
+                noise = torch.randint(0, 256, (len(test_idx), *shape), generator=generator, dtype=torch.uint8)
+                eval_sets["noise"] = (normalise(noise), None)
+            else:
+                other = self._split(name, DATASETS[name].eval_split)
+                eval_sets[name] = (normalise(_images(other, DATASETS[name].image,
+                                                     _fixed_sample(len(other), max_eval), shape)), None)
+        extras = {"augment": RandomCropFlip(padding=4)} if self.augment else {}
+        return TaskData(kind=CLASSIFICATION, train_x=train_x, train_y=train_y, eval_sets=eval_sets,
+                        n_classes=source.classes, extras=extras)
+
+    def _bad_location(self) -> bool:
+        return self.dataset not in DATASETS or bool(self.root) and not self._local(self.dataset).is_dir()
+
+    def _local(self, name: str) -> Path:
+        return Path(self.root).expanduser() / name
+
+    def _split(self, name: str, split: str):
+        return _load_split(self.root, name, split)
+
+    def _shape(self) -> tuple[int, int, int]:
+        if not self.root or self._bad_location():
+            return HUB_IMAGE_SHAPE
+        train = self._split(self.dataset, "train")
+        width, height = train[0][DATASETS[self.dataset].image].size
+        return (3, height, width)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_split(root: str, name: str, split: str):
+    """One split of a dataset as an HF Dataset (memory-mapped Arrow; images decode on access)."""
+    import datasets
+
+    source = DATASETS[name]
+    if not root:
+        return datasets.load_dataset(source.hub, source.config, split=split)
+    path = Path(root).expanduser() / name
+    if (path / "dataset_dict.json").exists():  # written by DatasetDict.save_to_disk
+        splits = datasets.load_from_disk(str(path))
+        if split not in splits:
+            raise ValueError(f"{path} has splits {list(splits)}, but {name!r} needs a {split!r} split")
+        return splits[split]
+    return datasets.load_dataset(str(path), split=split)  # parquet (or other) files, laid out as on the hub
+
+
+def _images(dataset, column: str, idx: torch.Tensor, shape) -> torch.Tensor:
+    """Rows idx of an image column as uint8 (B, C, H, W), converted to RGB and resized to `shape`."""
+    if column not in dataset.column_names:
+        raise ValueError(f"dataset has no image column {column!r}; its columns are {dataset.column_names}")
+    _, height, width = shape
+    pictures = dataset.select(idx.tolist())[column]
+    arrays = [np.asarray(p.convert("RGB").resize((width, height)) if p.size != (width, height) else p.convert("RGB"))
+              for p in pictures]
+    if not arrays:
+        return torch.empty(0, *shape, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (B, H, W, C) -> (B, C, H, W)
+
+
+def _labels(dataset, source: Source, idx: torch.Tensor, name: str) -> torch.Tensor:
+    if source.label not in dataset.column_names:
+        raise ValueError(f"{name!r} has no label column {source.label!r}; its columns are {dataset.column_names}")
+    labels = torch.tensor(dataset.select(idx.tolist())[source.label], dtype=torch.long)
+    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < source.classes):
+        raise ValueError(f"{name!r} labels must lie in 0..{source.classes - 1}, "
+                         f"got {int(labels.min())}..{int(labels.max())}")
+    return labels
+
+
+def _fixed_sample(size: int, count: int) -> torch.Tensor:
+    """The same `count` rows of an evaluation split for every cell."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(SPLIT_SEED))[:count]
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(root: str, name: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (C,) in [0, 1] units, of a fixed sample of the training split."""
+    train = _load_split(root, name, "train")
+    shape = (3, *train[0][DATASETS[name].image].size[::-1])
+    images = _images(train, DATASETS[name].image, _fixed_sample(len(train), count), shape).float() / 255
+    return images.mean((0, 2, 3)), images.std((0, 2, 3)).clamp_min(1e-3)
+
+
+class RandomCropFlip:
+    """Standard CIFAR augmentation on a batch: zero-pad by `padding`, crop back to size at a random
+    offset per image, flip horizontally with probability 1/2. Torch ops only, on the batch's device."""
+
+    def __init__(self, padding: int = 4):
+        self.padding = padding
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """images: (..., C, H, W), e.g. (M, B, C, H, W) minibatches of M members; same shape out."""
+        lead, (channels, height, width) = images.shape[:-3], images.shape[-3:]
+        x = images.reshape(-1, channels, height, width)  # (B, C, H, W)
+        count, p = len(x), self.padding
+        padded = torch.nn.functional.pad(x, (p, p, p, p))  # (B, C, H + 2p, W + 2p)
+        dy = torch.randint(0, 2 * p + 1, (count,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (count,), generator=generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(height, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx[:, None] + torch.arange(width, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+        batch = torch.arange(count, device=x.device)[:, None, None, None]
+        chan = torch.arange(channels, device=x.device)[None, :, None, None]
+        cropped = padded[batch, chan, rows, cols]  # (B, C, H, W)
+        flip = (torch.rand(count, generator=generator) < 0.5).to(x.device)[:, None, None, None]
+        return torch.where(flip, cropped.flip(-1), cropped).reshape(*lead, channels, height, width)

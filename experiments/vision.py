@@ -1,0 +1,56 @@
+"""How the uncertainty of image classifiers scales with training images N and network width P.
+
+Local default (CPU, minutes, offline): scikit-learn's 8x8 digits as 1x8x8 images, a small CNN of
+four widths (1,466 to 43,306 parameters), N from 50 to all 1,400 training images, 4-member deep
+ensembles and MC dropout, one seed: 6 N x 4 widths x 2 methods = 48 cells. OOD: the test digits
+rotated 90° and uniform noise. Each cell records its parameter count P, so the report fits laws in
+N at each width and in P at each N.
+
+Full scale (a GPU cluster; RAYSWEEP_SCALE=full): CIFAR-10 from the HF hub (`uoft-cs/cifar10`) with
+WideResNet-16-k, k in (1, 2, 4, 8, 10) (0.18M to 17.1M parameters), N = 50,000 / 2^j for j = 0..6
+(781 to 50,000 images), deep ensembles of 5 and MC dropout, 3 seeds: 7 x 5 x 2 x 3 = 210 cells.
+OOD: SVHN (`ufldl-stanford/svhn`, cropped digits; the classic far-OOD set) and CIFAR-100 (near-OOD).
+Without internet on the cluster, save the datasets to a shared folder first
+(`load_dataset("uoft-cs/cifar10").save_to_disk("/data/vision/cifar10")`, likewise svhn with config
+"cropped_digits" and cifar100) and add `--set task.root=/data/vision`.
+"""
+
+import os
+from dataclasses import replace
+
+from raysweep import Eval, Experiment, Grid, MethodOptions, Resources, Train
+from raysweep.methods import dropout, ensemble
+from raysweep.models.cnn import CNN
+from raysweep.models.resnet import WideResNet
+from raysweep.tasks.vision import Digits, Vision
+
+local = Experiment(
+    name="vision",
+    task=Digits(n_test=397, as_images=True),
+    model=CNN(width=16, stages=2),
+    grid=Grid(
+        n=(50, 100, 200, 400, 800, 1400),
+        sizes=(8, 16, 32, 48),  # CNN width: channels of the first stage
+        methods=("ensemble", "dropout"),
+        seeds=(0,),
+        ood=("rotated", "noise"),
+    ),
+    # Every cell takes at least 200 steps, so small N are not simply undertrained.
+    train=Train(epochs=10, min_steps=200, batch_size=64, lr=5e-3),
+    methods=MethodOptions(ensemble=ensemble.Options(members=4), dropout=dropout.Options(rate=0.1, samples=16)),
+)
+
+full = replace(
+    local,
+    # task.augment (random crop + flip) waits for the training loop to apply TaskData.extras["augment"].
+    task=Vision(dataset="cifar10"),
+    model=WideResNet(widen=4, depth=16),
+    grid=replace(local.grid, n=tuple(50_000 // 2**j for j in range(6, -1, -1)), sizes=(1, 2, 4, 8, 10),
+                 seeds=(0, 1, 2), ood=("svhn", "cifar100")),
+    train=Train(epochs=100, min_steps=5_000, batch_size=128, lr=1e-3, weight_decay=5e-4),
+    eval=Eval(max_examples=10_000),
+    methods=MethodOptions(ensemble=ensemble.Options(members=5), dropout=dropout.Options(rate=0.1, samples=32)),
+    resources=Resources(cpus=8, gpus=1),
+)
+
+experiment = full if os.environ.get("RAYSWEEP_SCALE") == "full" else local
