@@ -27,10 +27,48 @@ def _back(x: torch.Tensor, was_numpy: bool):
     return x.numpy() if was_numpy else x
 
 
+def _on_cpu(x) -> bool:
+    """Small per-example reductions (ECE, Brier) run in numpy on CPU: single-threaded numpy is as
+    fast as torch on an idle machine and 3-5x faster than torch's 2-thread kernels on a loaded one
+    (benchmarks/metrics.py, benchmarks/RESULTS.md). GPU tensors stay in torch."""
+    return not torch.is_tensor(x) or x.device.type == "cpu"
+
+
+def _np(x) -> np.ndarray:
+    """A CPU tensor or array as numpy, zero-copy when possible (bf16/fp16 widened to float64)."""
+    if torch.is_tensor(x):
+        x = x.detach()
+        return (x if x.dtype in (torch.float32, torch.float64, torch.bool) or not x.is_floating_point() else x.double()).numpy()
+    return np.asarray(x)
+
+
+# Work on at most this many probabilities at a time: the temporaries of p·log p then stay bounded
+# (a language model's (S, tokens, 50257) stack would otherwise need a second copy of itself).
+_CHUNK = 1 << 24
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    """-Σ_c p_c log p_c over the last dim, summed in float64 and returned in p's dtype.
+
+    p·log(max(p, tiny)) equals xlogy(p, p) for every p >= tiny and gives exactly 0 at p = 0, but is
+    about twice as fast on CPU as torch.special.xlogy; NaN still propagates.
+    """
+    log = p.clamp_min(torch.finfo(p.dtype).tiny)
+    log.log_().mul_(p)
+    return -log.sum(-1, dtype=torch.float64).to(p.dtype)
+
+
 def entropy(probs):
     """H[p] = -Σ_c p_c log p_c over the last dim; 0·log 0 is taken as 0."""
     p, was_numpy = _to_torch(probs)
-    return _back(-torch.special.xlogy(p, p).sum(-1), was_numpy)
+    if not p.dtype.is_floating_point:
+        p = p.double()
+    if p.dim() == 0 or p.numel() <= _CHUNK:
+        return _back(_entropy(p), was_numpy)
+    flat = p.reshape(-1, p.shape[-1])  # (rows, C)
+    rows = max(1, _CHUNK // max(1, p.shape[-1]))
+    out = torch.cat([_entropy(flat[start:start + rows]) for start in range(0, flat.shape[0], rows)])
+    return _back(out.reshape(p.shape[:-1]), was_numpy)
 
 
 def decompose(probs) -> dict:
@@ -102,14 +140,24 @@ def brier(mean_probs, labels) -> float:
     """Mean over examples of Σ_c (p̄_c - 1[y = c])²  (multiclass Brier score, range [0, 2])."""
     p, _ = _to_torch(mean_probs)
     y, _ = _to_torch(labels)
-    onehot = torch.nn.functional.one_hot(y.long(), p.shape[-1]).to(p.dtype)
-    return ((p - onehot) ** 2).sum(-1).mean().item()
+    # Σ_{c≠y} p̄_c² + (1 - p̄_y)² = Σ_c p̄_c² - p̄_y² + (1 - p̄_y)², without a (B, C) one-hot.
+    if p.device.type == "cpu":  # see _on_cpu
+        a = _np(p)
+        squares = np.einsum("...c,...c->...", a, a, dtype=np.float64)  # (B,)
+        picked = np.take_along_axis(a, y.long().numpy()[..., None], -1)[..., 0].astype(np.float64)  # (B,)
+        return float((squares - picked * picked + (1 - picked) ** 2).mean())
+    squares = (p * p).sum(-1, dtype=torch.float64)  # (B,)
+    picked = p.gather(-1, y.long().unsqueeze(-1)).squeeze(-1).double()  # (B,)
+    return (squares - picked * picked + (1 - picked) ** 2).mean().item()
 
 
 def expected_calibration_error(mean_probs, labels, n_bins: int = 15) -> float:
     """ECE with n_bins equal-width bins on the top-class confidence of p̄ (shape (B, C))."""
     p, _ = _to_torch(mean_probs)
     y, _ = _to_torch(labels)
+    if p.device.type == "cpu":  # see _on_cpu
+        a = _np(p)
+        return calibration_error(a.max(-1), a.argmax(-1) == y.long().numpy(), n_bins)
     confidence, predicted = p.max(-1)
     return calibration_error(confidence, (predicted == y.long()).to(p.dtype), n_bins)
 
@@ -120,12 +168,16 @@ def calibration_error(confidence, correct, n_bins: int = 15) -> float:
     Bin i holds confidences in (i/n, (i+1)/n]; a confidence of exactly 0 falls in the first bin.
     ECE = Σ_bins (|bin| / B) · |accuracy(bin) - mean confidence(bin)|.
     """
+    if _on_cpu(confidence):
+        confidence, correct = _np(confidence), _np(correct)
+        bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+        gap = np.bincount(bins, weights=confidence - correct.astype(confidence.dtype), minlength=n_bins)
+        return float(np.abs(gap).sum() / confidence.size)
     confidence, _ = _to_torch(confidence)
     correct, _ = _to_torch(correct)
-    correct = correct.to(confidence.dtype)
-    bins = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
+    bins = (confidence * n_bins).ceil_().sub_(1).clamp_(0, n_bins - 1).long()
     gap = torch.zeros(n_bins, dtype=confidence.dtype, device=confidence.device)
-    gap.index_add_(0, bins, confidence - correct)  # per bin: Σ confidence - Σ correct
+    gap.index_add_(0, bins, confidence.sub(correct.to(confidence.dtype)))  # per bin: Σ confidence - Σ correct
     return (gap.abs().sum() / confidence.numel()).item()
 
 

@@ -1,0 +1,266 @@
+"""Sweep overhead: the same 100-cell grid run by raysweep and by plain Ray Tune, side by side.
+
+    python benchmarks/sweep_overhead.py                  # 2 interleaved repeats (+1 Tune-defaults run)
+    python benchmarks/sweep_overhead.py --repeats 3 --skip-defaults
+
+The grid is benchmarks/sweep_experiment.py: 100 real cells (regression task, 2-member MLP ensemble,
+fixed number of optimiser steps). Every variant runs raysweep.cell.run_cell on the same cells, so
+the work is the same; each cell times its own work (`wall_time_s`, from just before data loading to
+just after evaluation). With K parallel slots (one CPU per trial, K = os.cpu_count()):
+
+    ideal = Σ_cells wall_time_s / K          overhead ratio = sweep wall / ideal
+
+"sweep wall" runs from just before ray.init to just after ray.shutdown (what a user waits for; the
+Python imports before it are not counted for any variant). Variants, each in a fresh subprocess,
+interleaved (the order rotates every repeat) because the machine is shared and loaded:
+
+    raysweep          python -m raysweep.launch <grid> --output <tmp> : validation, store callback,
+                      JSON logger, per-epoch reporting, dashboard on (as a user runs it). The final
+                      report (lmfit fits + plots) is switched off here: it is measured by
+                      benchmarks/fit_report.py, and it is not part of the sweep.
+    raysweep-batched  the same, with a monkeypatched trainable that sends all of a cell's rows in
+                      ONE tune.report at the end instead of one per epoch (diagnostic: what lighter
+                      reporting would buy).
+    tune-reuse        plain Ray Tune: a minimal function trainable calling run_cell with no store and
+                      reporting once, TuneConfig(reuse_actors=True), Tune's default loggers.
+    tune-defaults     the same with Tune's defaults (a fresh worker per trial). Slow (~3-4x ideal):
+                      run once, on the first 30 cells (--defaults-cells 100 for all), unless
+                      --skip-defaults.
+
+Timing wrappers (not changing behaviour) split raysweep's driver time into ray.init, Tuner.fit,
+store writes, StoreCallback and JsonLoggerCallback work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID = ROOT / "benchmarks" / "sweep_experiment.py"
+VARIANTS = ("raysweep", "raysweep-batched", "tune-reuse", "tune-defaults")
+
+
+# ---------------------------------------------------------------------------------------------
+# One variant, in this (fresh) process
+
+class Clock:
+    """Accumulates seconds and calls per named wrapped function."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, owner, name: str, label: str):
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
+                self.calls[label] = self.calls.get(label, 0) + 1
+
+        setattr(owner, name, timed)
+
+
+def batched_trainable(config: dict) -> None:
+    """raysweep's trainable, but one tune.report per cell (all epoch rows + final rows at once).
+    Defined in __main__, so Ray pickles it by value to the workers."""
+    import torch
+    from ray import tune
+
+    from raysweep.cell import run_cell
+
+    torch.set_num_threads(max(1, int(config["cpus"])))
+    pending: list[dict] = []
+    run_cell(config["cell"], pending.extend)
+    tune.report({"rows": pending})
+
+
+def plain_trainable(config: dict) -> None:
+    """What a user of plain Tune would write: do the work, report one scalar result."""
+    import torch
+    from ray import tune
+
+    from raysweep.cell import run_cell
+
+    torch.set_num_threads(1)
+    rows = run_cell(config["cell"], lambda rows: None)
+    tune.report({"wall_time_s": max(row["wall_time_s"] for row in rows), "status": rows[-1]["status"]})
+
+
+def run_raysweep(out: Path, batched: bool) -> dict:
+    import ray
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from raysweep import launch, report, store, trial
+
+    clock = Clock()
+    clock.wrap(ray, "init", "ray.init")
+    clock.wrap(ray, "shutdown", "ray.shutdown")
+    clock.wrap(tune.Tuner, "fit", "Tuner.fit")
+    clock.wrap(store, "write_cell", "store.write_cell")
+    clock.wrap(trial.StoreCallback, "on_trial_result", "StoreCallback.on_trial_result")
+    clock.wrap(trial.StoreCallback, "on_trial_complete", "StoreCallback.on_trial_complete")
+    clock.wrap(JsonLoggerCallback, "on_trial_result", "JsonLoggerCallback.on_trial_result")
+    clock.wrap(launch, "run_sweep", "sweep")
+    report.write = lambda *args, **kwargs: "(report skipped by the benchmark)"
+    if batched:
+        trial.trainable = batched_trainable
+    started = time.perf_counter()
+    with open(os.devnull, "w") as quiet:  # one progress line per cell: keep the benchmark's output short
+        stdout, sys.stdout = sys.stdout, quiet
+        try:
+            code = launch.main([str(GRID), "--output", str(out)])
+        finally:
+            sys.stdout = stdout
+    main_s = time.perf_counter() - started
+    assert code == 0, f"raysweep exited with {code}"
+    table = store.load(store.results_dir(out, "sweep_overhead"))
+    per_cell, failed = {}, {}
+    columns = ("cell_id", "status", "wall_time_s", "error")
+    for cell_id, status, wall, error in zip(*(table.column(c).to_pylist() for c in columns)):
+        if status != "ok":  # a failed cell did no (measured) work: it counts as overhead
+            failed[cell_id] = (error or "")[-300:]
+        per_cell[cell_id] = max(per_cell.get(cell_id, 0.0), wall or 0.0)
+    epoch_rows = store.load(store.results_dir(out, "sweep_overhead"), kind="epoch").num_rows
+    return {"wall_s": clock.seconds["sweep"], "main_s": main_s, "work_s": sum(per_cell.values()),
+            "cells": len(per_cell), "failed": failed, "epoch_rows": epoch_rows, "seconds": clock.seconds, "calls": clock.calls}
+
+
+def run_tune(out: Path, reuse: bool, limit: int | None) -> dict:
+    import ray
+    from ray import tune
+
+    from raysweep import experiment as exp
+
+    cells = exp.cells(exp.load(GRID).validate())[:limit]
+    started = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
+    init_s = time.perf_counter() - started
+    tuner = tune.Tuner(
+        tune.with_resources(plain_trainable, {"cpu": 1}),
+        param_space={"cell": tune.grid_search(cells)},
+        tune_config=tune.TuneConfig(reuse_actors=reuse),
+        run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=0),
+    )
+    fit_started = time.perf_counter()
+    results = tuner.fit()
+    fit_s = time.perf_counter() - fit_started
+    ray.shutdown()
+    wall_s = time.perf_counter() - started
+    frame = results.get_dataframe()
+    assert len(frame) == len(cells) and (frame["status"] == "ok").all(), "some plain-Tune trials failed"
+    return {"wall_s": wall_s, "main_s": wall_s, "work_s": float(frame["wall_time_s"].sum()), "cells": len(frame),
+            "seconds": {"ray.init": init_s, "Tuner.fit": fit_s}, "calls": {}}
+
+
+def run_one(variant: str, limit: int | None) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as tmp:
+        out = Path(tmp)
+        if variant.startswith("raysweep"):
+            return run_raysweep(out, batched=variant == "raysweep-batched")
+        return run_tune(out, reuse=variant == "tune-reuse", limit=limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver: interleave variants over repeats, each in its own process
+
+def spawn(variant: str, limit: int | None = None) -> dict:
+    extra = ["--cells", str(limit)] if limit else []
+    proc = subprocess.run([sys.executable, __file__, "--one", variant, *extra], cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def summary(values: list[float]) -> str:
+    return f"min {min(values):6.2f}  median {statistics.median(values):6.2f}  max {max(values):6.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-defaults", action="store_true", help="do not run the slow tune-defaults variant")
+    parser.add_argument("--defaults-repeats", type=int, default=1, help="runs of tune-defaults (default 1)")
+    parser.add_argument("--defaults-cells", type=int, default=30,
+                        help="tune-defaults runs only the first K cells (default 30: it is ~4x ideal; 100 for all)")
+    parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--cells", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args.one, args.cells)), flush=True)
+        return
+
+    slots = os.cpu_count()
+    fast = ["raysweep", "raysweep-batched", "tune-reuse"]
+    schedule = []
+    for r in range(args.repeats):
+        order = fast[r % len(fast):] + fast[:r % len(fast)]
+        schedule += order
+        if not args.skip_defaults and r < args.defaults_repeats:
+            schedule.append("tune-defaults")
+    print(f"[sweep_overhead] {slots} slots, grid {GRID.relative_to(ROOT)}, schedule: {', '.join(schedule)}")
+    print(f"[sweep_overhead] load before: {os.getloadavg()[0]:.2f} (1-min average)", flush=True)
+    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    for variant in schedule:
+        result = spawn(variant, args.defaults_cells if variant == "tune-defaults" else None)
+        result["ideal_s"] = result["work_s"] / slots
+        result["ratio"] = result["wall_s"] / result["ideal_s"]
+        result["load"] = os.getloadavg()[0]
+        runs[variant].append(result)
+        for cell_id, error in result.get("failed", {}).items():
+            print(f"  !! {variant}: cell {cell_id} FAILED: {error}")
+        print(f"  {variant:17s} cells {result['cells']}  wall {result['wall_s']:6.1f}s  ideal {result['ideal_s']:6.1f}s  "
+              f"wall/ideal {result['ratio']:.3f}  (load {result['load']:.1f})", flush=True)
+
+    print("\nwall / ideal over repeats (ideal = Σ per-cell work / slots):")
+    for variant, results in runs.items():
+        if results:
+            print(f"  {variant:17s} n={len(results)}  {summary([r['ratio'] for r in results])}")
+    print("\nseconds over repeats (wall; ideal):")
+    for variant, results in runs.items():
+        if results:
+            print(f"  {variant:17s} wall {summary([r['wall_s'] for r in results])};  "
+                  f"ideal {summary([r['ideal_s'] for r in results])}")
+    print("\nratios of median wall/ideal:")
+    med = {v: statistics.median(r["ratio"] for r in rs) for v, rs in runs.items() if rs}
+    for a, b in (("raysweep", "tune-reuse"), ("raysweep", "tune-defaults"), ("raysweep-batched", "tune-reuse"),
+                 ("raysweep-batched", "raysweep")):
+        if a in med and b in med:
+            print(f"  {a} / {b}: {med[a] / med[b]:.3f}")
+    print("\nper-cell overhead (wall - ideal) x slots / cells, median seconds:")
+    for variant, results in runs.items():
+        if results:
+            values = [(r["wall_s"] - r["ideal_s"]) * slots / r["cells"] for r in results]
+            print(f"  {variant:17s} {statistics.median(values):.3f} s/cell  ({summary(values)})")
+    print("\nwhere the driver's time goes (median seconds per run; calls):")
+    for variant, results in runs.items():
+        for label in sorted({k for r in results for k in r["seconds"]}):
+            values = [r["seconds"].get(label, 0.0) for r in results]
+            calls = results[0]["calls"].get(label, "")
+            print(f"  {variant:17s} {label:36s} {statistics.median(values):7.2f}s  {calls}")
+    if runs["raysweep"]:
+        print(f"\nraysweep epoch rows per run: {runs['raysweep'][0]['epoch_rows']} "
+              f"(= tune.report calls besides the 100 final ones)")
+    print(f"[sweep_overhead] load after: {os.getloadavg()[0]:.2f}")
+    goal = med.get("raysweep", float("inf"))
+    print(f"\nGOAL raysweep <= 1.10 x ideal: {'MET' if goal <= 1.10 else 'NOT MET'} ({goal:.3f}); "
+          f"not above plain Tune (reuse_actors): "
+          f"{'MET' if 'tune-reuse' in med and goal <= med['tune-reuse'] else 'NOT MET'}")
+
+
+if __name__ == "__main__":
+    main()
