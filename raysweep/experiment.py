@@ -232,6 +232,13 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
     for problem in (e.task.problems(), e.model.problems(), e.methods.problems()):
         if problem:
             raise ExperimentError(problem)
+    if any(METHODS[m].uses_model for m in g.methods):
+        # Shapes that do not fit (images into an MLP, a ViT patch that does not tile the image)
+        # fail here rather than inside the first trial.
+        for first, second in ((e.model, e.task), (e.task, e.model)):
+            check = getattr(first, "problems_with", None)
+            if check and (problem := check(second)):
+                raise ExperimentError(problem)
 
 
 def _available_train_size(task) -> int:

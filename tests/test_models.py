@@ -1,6 +1,5 @@
 """Image models: shapes, size knobs, dropout layers, stacked (vmap) training, and shape checks."""
 
-import inspect
 from dataclasses import replace
 
 import pytest
@@ -111,10 +110,6 @@ def test_bad_model_configs_are_refused(model, message):
         e.validate()
 
 
-HOOKED = "problems_with" in inspect.getsource(E)
-
-
-@pytest.mark.skipif(not HOOKED, reason="raysweep.experiment does not call the problems_with hooks yet")
 def test_experiment_validation_refuses_shapes_that_do_not_fit():
     grid = E.Grid(n=(50,), sizes=(8,), methods=("ensemble",))
     with pytest.raises(E.ExperimentError, match=r"model CNN takes images \(N, C, H, W\)"):
