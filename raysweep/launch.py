@@ -17,6 +17,9 @@ from raysweep import report, store
 from raysweep.experiment import ExperimentError, cell_label
 
 
+QUICK_BOOT = 200
+
+
 class LaunchError(RuntimeError):
     """A problem found once Ray is up (e.g. the cluster's shape), reported before any cell runs."""
 
@@ -86,7 +89,9 @@ def main(argv=None) -> int:
             return 2
     else:
         print("[raysweep] nothing to run: every cell is already in the store")
-    path = report.write(results, root / "report", title=f"raysweep report: {experiment.name}")
+    # A quick report after the sweep (200 bootstrap resamples per curve); `python -m raysweep.fit`
+    # refits from the store with 1,000 and the holdout check.
+    path = report.write(results, root / "report", title=f"raysweep report: {experiment.name}", n_boot=QUICK_BOOT)
     print(f"[raysweep] report: {path}")
     return 0
 
