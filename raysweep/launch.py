@@ -101,8 +101,9 @@ def start_local_ray(dashboard: bool):
     reaches it can run code here) and Ray's token authentication stays on."""
     import ray
 
-    context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
-                       num_cpus=os.cpu_count())
+    # address="local": always a fresh instance, never another Ray already running on this machine.
+    context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                       log_to_driver=False, num_cpus=os.cpu_count())
     if context.dashboard_url:
         print(f"[raysweep] Ray dashboard: http://{context.dashboard_url} "
               f"(it asks for the token in ~/.ray/auth_token; print it with `ray get-auth-token`)", flush=True)
