@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from raysweep.methods.training import SampledNetworks, check_finite, epochs_for, flatten, minibatches, potential
+from raysweep.methods.training import (SampledNetworks, check_finite, epochs_for, flatten, minibatches, potential,
+                                       seeded_network, steps_per_epoch)
 
 uses_model = True
 
@@ -55,14 +56,13 @@ def unsupported(task) -> str | None:
 
 
 def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> SampledNetworks:
-    torch.manual_seed(seed)
-    network = model.build(data.input_dim, data.output_dim).to(device)
+    network = seeded_network(model, data, seed, device)
     x, y = data.train_x.to(device), data.train_y.to(device)
     n, epochs = len(x), epochs_for(train, len(x))
-    steps_per_epoch = math.ceil(n / min(train.batch_size, n))
+    per_epoch = steps_per_epoch(train, n)
     # at least enough steps for every cycle to hold its samples
-    epochs = max(epochs, math.ceil(options.cycles * 2 * options.samples_per_cycle / steps_per_epoch))
-    cycle = epochs * steps_per_epoch // options.cycles  # L; leftover steps at the end are not run
+    epochs = max(epochs, math.ceil(options.cycles * 2 * options.samples_per_cycle / per_epoch))
+    cycle = epochs * per_epoch // options.cycles  # L; leftover steps at the end are not run
     sampling_from = int(options.exploration * cycle)
     # positions in a cycle where a sample is taken: evenly over the sampling stage's second half
     gap = max((cycle - sampling_from) // (2 * options.samples_per_cycle), 1)

@@ -37,7 +37,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from raysweep.methods.training import gaussian_head, train_network
+from raysweep.methods.training import gaussian_head, seeded_network, train_network
 from raysweep.tasks.data import CLASSIFICATION
 
 uses_model = True
@@ -180,8 +180,7 @@ def _eigh(matrix: torch.Tensor):
 def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:
     if problem := unsupported_model(model):
         raise ValueError(problem)  # before any training
-    torch.manual_seed(seed)
-    network = model.build(data.input_dim, data.output_dim).to(device)
+    network = seeded_network(model, data, seed, device)
     network = train_network(network, data, train, seed, on_epoch)
     last = _last_layer(network)
     body, bias = network[:-1].eval(), last.bias is not None
@@ -198,7 +197,7 @@ def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu")
 def _fit_classification(body, bias, phi, theta, y, options: Options, seed: int) -> Posterior:
     probs = (phi @ theta.T).softmax(-1)  # (N, C)
     lam = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]  # (N, C, C)
-    n, (C, F) = len(phi), theta.shape
+    C, F = theta.shape
     if options.hessian == "full":
         hessian = torch.einsum("nab,nf,ng->afbg", lam, phi, phi).reshape(C * F, C * F)
         values = torch.linalg.eigvalsh(hessian).clamp_min(0.0) if options.prior == "marglik" else None

@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from raysweep.methods.training import SampledNetworks, check_finite, epochs_for, flatten, minibatches, potential
+from raysweep.methods.training import (SampledNetworks, check_finite, epochs_for, flatten, minibatches, potential,
+                                       seeded_network, steps_per_epoch)
 
 uses_model = True
 
@@ -54,13 +55,12 @@ def unsupported(task) -> str | None:
 
 
 def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> SampledNetworks:
-    torch.manual_seed(seed)
-    network = model.build(data.input_dim, data.output_dim).to(device)
+    network = seeded_network(model, data, seed, device)
     x, y = data.train_x.to(device), data.train_y.to(device)
-    n, steps_per_epoch = len(x), math.ceil(len(x) / min(train.batch_size, len(x)))
+    n, per_epoch = len(x), steps_per_epoch(train, len(x))
     # at least one step per sample after burn-in
-    epochs = max(epochs_for(train, n), math.ceil(options.samples / (1 - options.burnin) / steps_per_epoch))
-    total_steps = epochs * steps_per_epoch
+    epochs = max(epochs_for(train, n), math.ceil(options.samples / (1 - options.burnin) / per_epoch))
+    total_steps = epochs * per_epoch
     first = min(int(options.burnin * total_steps), total_steps - 1)
     # S collection steps spread evenly over the post-burn-in steps, the last step included
     keep = {first + round((i + 1) * (total_steps - first) / options.samples) - 1 for i in range(options.samples)}

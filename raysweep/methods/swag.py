@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from raysweep.methods.training import (SampledNetworks, check_finite, epochs_for, flatten, mean_loss,
+from raysweep.methods.training import (SampledNetworks, check_finite, epochs_for, flatten, mean_loss, seeded_network,
                                        minibatches, train_network)
 
 uses_model = True
@@ -57,9 +57,7 @@ def unsupported(task) -> str | None:
 
 
 def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> SampledNetworks:
-    torch.manual_seed(seed)
-    network = model.build(data.input_dim, data.output_dim).to(device)
-    network = train_network(network, data, train, seed, on_epoch)
+    network = train_network(seeded_network(model, data, seed, device), data, train, seed, on_epoch)
     x, y = data.train_x.to(device), data.train_y.to(device)
     swa = AveragedModel(network)  # running mean of the snapshots
     square_mean = torch.zeros_like(flatten(network))

@@ -66,10 +66,20 @@ def gaussian_head(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return outputs[..., 0], nn.functional.softplus(outputs[..., 1]) + 1e-6
 
 
+def steps_per_epoch(train, n: int) -> int:
+    """Minibatches in one pass over n examples (the last one may be short)."""
+    return math.ceil(n / min(train.batch_size, n))
+
+
 def epochs_for(train, n: int) -> int:
     """train.epochs, raised so that the run takes at least train.min_steps optimiser steps."""
-    steps_per_epoch = math.ceil(n / min(train.batch_size, n))
-    return max(train.epochs, math.ceil(train.min_steps / steps_per_epoch))
+    return max(train.epochs, math.ceil(train.min_steps / steps_per_epoch(train, n)))
+
+
+def seeded_network(model, data: TaskData, seed: int, device) -> nn.Module:
+    """One freshly initialised network for the task, its initialisation fixed by the seed."""
+    torch.manual_seed(seed)
+    return model.build(data.input_dim, data.output_dim).to(device)
 
 
 def train_members(
@@ -85,7 +95,7 @@ def train_members(
     optimizer = torch.optim.Adam(stack.params.values(), lr=train.lr, weight_decay=train.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     n, batch = len(x), min(train.batch_size, len(x))
-    steps = math.ceil(n / batch)
+    steps = steps_per_epoch(train, n)
     for epoch in range(1, epochs_for(train, n) + 1):
         # Every member sees the data in its own order.
         order = torch.stack([torch.randperm(n, generator=generator) for _ in range(stack.size)]).to(device)  # (M, N)

@@ -20,7 +20,6 @@ fitted posteriors in one process never see each other's parameters.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import pyro
@@ -32,7 +31,7 @@ from pyro.nn import PyroSample
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
-from raysweep.methods.training import check_finite, epochs_for, gaussian_head, minibatches
+from raysweep.methods.training import check_finite, epochs_for, gaussian_head, minibatches, steps_per_epoch
 from raysweep.tasks.data import CLASSIFICATION
 
 uses_model = True
@@ -142,7 +141,7 @@ def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu")
                                                   init_scale=INIT_SCALE, rank=options.rank)
             elbo = Trace_ELBO()
         epochs = epochs_for(train, n)
-        steps = epochs * math.ceil(n / min(train.batch_size, n))
+        steps = epochs * steps_per_epoch(train, n)
         # Adam whose step size decays to lr/10 by the end: the last iterates average out the ELBO's noise
         optimizer = pyro.optim.ClippedAdam({"lr": options.lr, "lrd": LR_DECAY ** (1 / steps), "clip_norm": 100.0})
         svi = SVI(pyro_model, guide, optimizer, elbo)
