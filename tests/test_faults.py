@@ -1,6 +1,5 @@
 """Faults a real cluster throws at a sweep: workers killed mid-cell, a driver killed mid-sweep."""
 
-import os
 import signal
 import subprocess
 import sys

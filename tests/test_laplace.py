@@ -1,6 +1,5 @@
 """Last-layer Laplace against the exact conjugate posterior, and its options."""
 
-import math
 
 import pytest
 import torch

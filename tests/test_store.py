@@ -48,7 +48,7 @@ def test_a_temporary_left_by_a_killed_writer_is_invisible_and_swept(tmp_path):
     assert len(pd.read_parquet(tmp_path)) == 1
     assert duckdb.sql(f"SELECT count(*) FROM '{tmp_path}/*.parquet'").fetchall()[0][0] == 1
     assert store.sweep_temporaries(tmp_path) == 1
-    assert [p.name for p in tmp_path.iterdir()] == [f"a.001.parquet"]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.001.parquet"]
 
 
 def test_files_open_in_pandas_duckdb_and_datasets(tmp_path):
