@@ -1,5 +1,10 @@
 """Deep ensembles (Lakshminarayanan et al., 2017): M members from different initialisations and
-data orders, trained together (vectorised) and averaged at prediction."""
+data orders, averaged at prediction.
+
+engine="vmap" trains small members together as one vectorised model (training.py); engine="deepspeed"
+trains large members one after another with DeepSpeed ZeRO (deepspeed_members.py), each member spread
+over `workers_per_member` Ray Train workers when the sweep runs on Ray.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,29 @@ from raysweep.methods.training import StackedMembers, to_prediction, train_membe
 uses_model = True
 
 
+ENGINES = ("vmap", "deepspeed")
+
+
 @dataclass(frozen=True)
 class Options:
     members: int = 5
+    engine: str = "vmap"  # "vmap": all members as one batched model; "deepspeed": one by one with ZeRO
+    zero_stage: int = 2  # deepspeed engine: 0 (plain data parallel) to 3 (parameters sharded too)
+    workers_per_member: int = 1  # deepspeed engine: Ray Train workers (GPUs) that train each member
 
     def smoke(self) -> "Options":
         return replace(self, members=min(self.members, 2))
 
     def problems(self) -> str | None:
-        return None if self.members >= 1 else f"methods.ensemble.members must be >= 1, got {self.members}"
+        if self.members < 1:
+            return f"methods.ensemble.members must be >= 1, got {self.members}"
+        if self.engine not in ENGINES:
+            return f"methods.ensemble.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"
+        if self.zero_stage not in (0, 1, 2, 3):
+            return f"methods.ensemble.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}"
+        if self.workers_per_member < 1:
+            return f"methods.ensemble.workers_per_member must be >= 1, got {self.workers_per_member}"
+        return None
 
 
 def unsupported(task) -> str | None:
@@ -37,7 +56,11 @@ class Posterior:
         return to_prediction(outputs.to(x.device), self.kind)  # (S=M, B, C) or (M, B) means and variances
 
 
-def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:
+def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu"):
+    if options.engine == "deepspeed":
+        from raysweep.methods import deepspeed_members
+
+        return deepspeed_members.fit(data, model, options, train, seed, on_epoch, device)
     torch.manual_seed(seed)
     members = [model.build(data.input_dim, data.output_dim).to(device) for _ in range(options.members)]
     stack = train_members(StackedMembers(members), data, train, seed, on_epoch)
