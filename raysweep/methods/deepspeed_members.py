@@ -17,7 +17,6 @@ all stages, redundant beyond the first worker); the members must fit on one devi
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
 
@@ -40,7 +39,8 @@ def fit(data, model, options, train, seed: int, on_epoch, device) -> "Members":
         engine = _engine(deepspeed, network, options.zero_stage, train, device)
         for epoch, loss in _train(engine, data, train, seed * 1_000 + member, device):
             losses.setdefault(epoch, []).append(loss)
-        members.append(_full_network(deepspeed, engine, network, options.zero_stage, device))
+        members.append(_full_network(deepspeed, engine, lambda: model.build(data.input_dim, data.output_dim),
+                                     options.zero_stage, device))
         del engine  # frees this member's optimizer state before the next member starts
     for epoch, values in sorted(losses.items()):
         on_epoch(epoch, sum(values) / len(values))
@@ -129,13 +129,14 @@ def _train(engine, data, train, seed: int, device):
         yield epoch, epoch_loss
 
 
-def _full_network(deepspeed, engine, network: nn.Module, zero_stage: int, device) -> nn.Module:
+def _full_network(deepspeed, engine, build, zero_stage: int, device) -> nn.Module:
     """The trained member with all its weights on this worker, for prediction. At ZeRO-3 each worker
-    holds a shard of every parameter: gather them (a collective, so every worker calls it)."""
+    holds a shard of every parameter: gather them (a collective, so every worker calls it) into a
+    fresh copy of the architecture."""
     if zero_stage == 3:
         with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
             state = {name: value.detach().clone() for name, value in engine.module.state_dict().items()}
-        full = copy.deepcopy(network).to("cpu")
+        full = build()
         full.load_state_dict(state, assign=True)
     else:
         full = engine.module

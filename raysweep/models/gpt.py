@@ -13,6 +13,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+ATTENTION = ("eager", "sdpa")
+
 
 @dataclass(frozen=True)
 class GPT:
@@ -20,6 +22,10 @@ class GPT:
     n_layer: int = 2
     head_dim: int = 32
     pretrained: str = ""  # a from_pretrained name or local folder; empty = random init from the config
+    # "eager": plain matmuls that vmap batches (the vectorised ensembles need it; SDPA has no batching
+    # rule and falls back to a slow per-member loop); "sdpa": PyTorch's fused attention, for members
+    # trained one at a time (MC dropout, DeepSpeed ensemble members), much faster on a GPU.
+    attention: str = "eager"
     size_knob: ClassVar[str] = "n_embd"
 
     def problems(self) -> str | None:
@@ -27,6 +33,8 @@ class GPT:
             return f"model.n_embd, n_layer and head_dim must be > 0, got {self.n_embd}, {self.n_layer}, {self.head_dim}"
         if self.n_embd % self.head_dim:
             return f"model.n_embd ({self.n_embd}) must be a multiple of model.head_dim ({self.head_dim})"
+        if self.attention not in ATTENTION:
+            return f"model.attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}"
         return None
 
     def build(self, input_dim: int, output_dim: int, dropout: float = 0.0) -> nn.Module:
@@ -35,7 +43,7 @@ class GPT:
 
         if self.pretrained:
             model = GPT2LMHeadModel.from_pretrained(self.pretrained, resid_pdrop=dropout, embd_pdrop=dropout,
-                                                    attn_pdrop=dropout, attn_implementation="eager")
+                                                    attn_pdrop=dropout, attn_implementation=self.attention)
             _untie_output_embedding(model)
             if model.config.n_positions < input_dim or model.config.vocab_size != output_dim:
                 raise ValueError(
@@ -48,9 +56,7 @@ class GPT:
                                 # Untied input/output embeddings: torch.func's stacked (vmap) training
                                 # of ensemble members cannot follow a parameter shared by two modules.
                                 tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
-                                # Eager attention: plain matmuls that vmap batches; SDPA has no
-                                # batching rule and falls back to a slow per-member loop.
-                                attn_implementation="eager")
+                                attn_implementation=self.attention)
             model = GPT2LMHeadModel(config)
         return CausalLM(model)
 
