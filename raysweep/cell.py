@@ -1,14 +1,16 @@
 """Run one cell of the grid, without Ray: data(N, seed) → model(P) → method.fit → metrics → rows.
 
-`raysweep.trial` wraps this for Ray Tune; tests and notebooks call it directly.
+`raysweep.trial` wraps this for Ray Tune (one trial runs a chunk of cells, `run_chunk`); tests and
+notebooks call it directly.
 """
 
 from __future__ import annotations
 
 import random
 import time
+import traceback
 import uuid
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
@@ -63,6 +65,22 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
                     "wall_time_s": elapsed} | values for split, values in metrics.items()]
     report(rows)
     return rows
+
+
+def run_chunk(cells: list[dict], report: Report, device: str = "cpu",
+              skip: Collection[str] = ()) -> dict[str, str]:
+    """Run several cells one after another in this process, skipping the ids in `skip` (cells a
+    previous attempt already delivered). A cell that raises does not stop its siblings: the
+    traceback of each cell that raised is returned by cell id, for the caller to retry or record."""
+    errors = {}
+    for cell in cells:
+        if cell["cell_id"] in skip:
+            continue
+        try:
+            run_cell(cell, report, device=device)
+        except Exception:  # noqa: BLE001 -- any error of one cell is that cell's failure, not its siblings'
+            errors[cell["cell_id"]] = traceback.format_exc()
+    return errors
 
 
 def _model(cell: dict):

@@ -1,12 +1,13 @@
 """Command line: validate an experiment, run its missing cells on Ray Tune, then fit and report.
 
     python -m raysweep.launch experiments/digits.py [--smoke] [--set key=value ...]
-        [--output DIR] [--address ADDR] [--max-concurrent K] [--no-dashboard]
+        [--output DIR] [--address ADDR] [--max-concurrent K] [--cells-per-trial K] [--[no-]dashboard]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -18,6 +19,9 @@ from raysweep.experiment import ExperimentError, cell_label
 
 
 QUICK_BOOT = 200
+# Batching small cells (see auto_cells_per_trial): trials per parallel slot, and the most cells per trial.
+TRIALS_PER_SLOT = 5
+MAX_AUTO_CELLS_PER_TRIAL = 10
 
 
 class LaunchError(RuntimeError):
@@ -36,12 +40,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Tune's run storage, shared by every node: s3://..., gs://... or a shared "
                              "filesystem path (default: $RAYSWEEP_STORAGE, else OUTPUT; required on multi-node "
                              "clusters). raysweep's results store is written by the driver and needs none")
-    parser.add_argument("--max-concurrent", type=int, default=None, help="at most K cells at once")
-    parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local runs)")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="at most K trials (chunks of cells) at once")
+    parser.add_argument("--cells-per-trial", type=int, default=None, metavar="K",
+                        help="run up to K cells one after another in each Tune trial, so small cells share its "
+                             "start-up cost (default: automatic, ~5 trials per parallel slot and at most "
+                             f"{MAX_AUTO_CELLS_PER_TRIAL} cells per trial; 1 for GPU cells)")
+    parser.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
+                        help="start the Ray dashboard (local runs; default: on)")
     parser.add_argument("--plan", action="store_true", help="print the grid, cells, FLOPs and GPU-hours; run nothing")
     args = parser.parse_args(argv)
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        parser.error(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    for option, value in (("--max-concurrent", args.max_concurrent), ("--cells-per-trial", args.cells_per_trial)):
+        if value is not None and value < 1:
+            parser.error(f"{option} must be >= 1, got {value}")
     return args
 
 
@@ -110,6 +120,65 @@ def start_local_ray(dashboard: bool):
     return context
 
 
+def auto_cells_per_trial(cells: int, slots: int, gpus: float) -> int:
+    """Cells per Tune trial when --cells-per-trial is not given.
+
+    Each trial pays Tune's scheduling and an actor reset: ~0.1 s on an idle 2-core machine, over
+    1 s under load (benchmarks/RESULTS.md §1), which sub-second cells cannot absorb. k cells per
+    trial divide that by k. About TRIALS_PER_SLOT trials per slot keep enough trials for Tune to
+    even out uneven chunks; beyond MAX_AUTO_CELLS_PER_TRIAL cells the saving is under a percent of
+    one-second cells. GPU cells run one per trial: they are long, and a CUDA error in one cell
+    should not reach the next in the same process.
+    """
+    if gpus > 0:
+        return 1
+    return max(1, min(MAX_AUTO_CELLS_PER_TRIAL, math.ceil(cells / (max(slots, 1) * TRIALS_PER_SLOT))))
+
+
+def chunk_cells(cells: list[dict], per_trial: int, slots: int = 1) -> list[list[dict]]:
+    """Split cells into chunks of at most `per_trial`, dealt round-robin: the grid lists cells of
+    the same method, size and N together, so contiguous chunks would differ in cost and leave one
+    slot finishing the heaviest alone; dealt chunks each get a similar mix. The number of chunks is
+    rounded up to a multiple of the slots (when there are cells enough) so that they fill every slot."""
+    count = math.ceil(len(cells) / per_trial)
+    count = min(len(cells), math.ceil(count / slots) * slots)
+    return [cells[i::count] for i in range(count)]
+
+
+def chunk_label(cells: list[dict]) -> str:
+    """A trial's name: its cell's label, or for several cells the values of each coordinate they
+    take (in braces when more than one) and how many cells there are."""
+    if len(cells) == 1:
+        return cell_label(cells[0])
+
+    def values(key, of=lambda cell, key: cell[key]):
+        found = sorted({of(cell, key) for cell in cells if of(cell, key) is not None}, key=lambda v: (str(type(v)), v))
+        return found[0] if len(found) == 1 else "{" + ",".join(map(str, found)) + "}"
+
+    sized = [cell for cell in cells if cell["size"] is not None]
+    size = f"_{sized[0]['size_knob']}{values('size')}" if sized else ""
+    task = values("task", of=lambda cell, key: cell[key]["name"])
+    return f"{task}_N{values('n')}{size}_{values('method')}_s{values('seed')} ({len(cells)} cells)"
+
+
+def chunk_dirname(cells: list[dict], trial_id: str) -> str:
+    more = f"+{len(cells) - 1}" if len(cells) > 1 else ""
+    return f"{cell_label(cells[0])}{more}_{trial_id}"
+
+
+def parallel_slots(resources, max_concurrent: int | None) -> int:
+    """How many cells (trials) the Ray cluster can run at once."""
+    import ray
+
+    available = ray.cluster_resources()
+    slots = math.inf
+    for name, per_cell in (("CPU", resources.cpus), ("GPU", resources.gpus)):
+        if per_cell > 0:
+            slots = min(slots, available.get(name, 0) // per_cell)
+    slots = min(slots, max_concurrent or math.inf)
+    return 1 if math.isinf(slots) else max(1, int(slots))
+
+
 def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root: Path, args) -> None:
     # raysweep's store is the record of results; of Tune's per-trial loggers keep only the JSON one
     # its result grid reads (TensorBoard and CSV cannot log a list of rows and only warn).
@@ -131,17 +200,21 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
                 f"{root}, a folder on this node only; pass --storage s3://BUCKET/PATH (or gs://..., or a "
                 f"filesystem shared by every node), or set RAYSWEEP_STORAGE")
     else:
-        start_local_ray(dashboard=not args.no_dashboard)
+        start_local_ray(dashboard=args.dashboard)
     resources = experiment.resources
+    slots = parallel_slots(resources, args.max_concurrent)
+    per_trial = args.cells_per_trial or auto_cells_per_trial(len(todo), slots, resources.gpus)
+    chunks = chunk_cells(todo, per_trial, slots)
+    print(f"[raysweep] {len(chunks)} trial(s) of up to {max(map(len, chunks))} cell(s) on {slots} slot(s)", flush=True)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": resources.cpus, "gpu": resources.gpus}),
-        param_space={"cell": tune.grid_search(todo), "cpus": resources.cpus, "gpus": resources.gpus},
+        param_space={"chunk": tune.grid_search(chunks), "cpus": resources.cpus, "gpus": resources.gpus},
         tune_config=tune.TuneConfig(
             # Small cells would otherwise pay for a fresh worker process each (DESIGN.md §6).
             reuse_actors=True,
             max_concurrent_trials=args.max_concurrent,
-            trial_name_creator=lambda trial: cell_label(trial.config["cell"]),
-            trial_dirname_creator=lambda trial: f"{cell_label(trial.config['cell'])}_{trial.trial_id}",
+            trial_name_creator=lambda trial: chunk_label(trial.config["chunk"]),
+            trial_dirname_creator=lambda trial: chunk_dirname(trial.config["chunk"], trial.trial_id),
         ),
         run_config=tune.RunConfig(
             name="tune",

@@ -1,4 +1,9 @@
-"""The Ray edge: the Tune trainable for one cell and the driver-side callback that writes the store."""
+"""The Ray edge: the Tune trainable for a chunk of cells and the driver-side callback that writes the store.
+
+One Tune trial runs a chunk of one or more cells (`config["chunk"]`, see raysweep.launch): small
+cells then share one trial's scheduling cost. Each cell still gets its own Parquet file, its own
+progress line and its own status; a retried trial skips the cells already written (`config["skip"]`).
+"""
 
 from __future__ import annotations
 
@@ -10,61 +15,120 @@ import torch
 from ray import tune
 
 from raysweep import store
-from raysweep.cell import run_cell
+from raysweep.cell import run_chunk
 from raysweep.experiment import cell_label
+
+# Each tune.report stops the worker until the driver has processed the result, so rows go out at
+# most once a second (and at the end of the chunk), not once per epoch or per sub-second cell. A
+# worker that dies loses at most that second's rows: those cells are not in the store and rerun.
+FLUSH_EVERY_S = 1.0
+
+
+class CellsFailed(RuntimeError):
+    """Raised at the end of a chunk in which some cells raised, so that Tune retries the trial
+    (its retry runs only the cells not yet written)."""
 
 
 def trainable(config: dict) -> None:
-    """One Tune trial = one cell. Threads follow the CPUs Ray granted; rows go back via tune.report."""
-    cell = config["cell"]
+    """One Tune trial = a chunk of cells. Threads follow the CPUs Ray granted; rows go back via tune.report."""
     torch.set_num_threads(max(1, int(config["cpus"])))
     device = "cuda" if config.get("gpus", 0) > 0 and torch.cuda.is_available() else "cpu"
-    node = ray.get_runtime_context().get_node_id()  # recorded so a result can be traced to its machine
+    # The node id is recorded so that a result can be traced to its machine.
+    outbox = Outbox(node=ray.get_runtime_context().get_node_id())
+    errors = run_chunk(config["chunk"], outbox.add, device=device, skip=set(config.get("skip", ())))
+    outbox.flush(errors)
+    if errors:
+        labels = {cell["cell_id"]: cell_label(cell) for cell in config["chunk"]}
+        raise CellsFailed("; ".join(f"{labels[cell_id]}: {_last_line(error)}" for cell_id, error in errors.items()))
 
-    def report(rows: list[dict]) -> None:
-        tune.report({"rows": [row | {"node": node} for row in rows]})
 
-    run_cell(cell, report, device=device)
+class Outbox:
+    """Rows on their way to the driver, sent at most every FLUSH_EVERY_S seconds."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self.pending: list[dict] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, rows: list[dict]) -> None:
+        self.pending.extend(row | {"node": self.node} for row in rows)
+        if time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self, errors: dict[str, str] | None = None) -> None:
+        if self.pending or errors:
+            tune.report({"rows": self.pending} | ({"errors": errors} if errors else {}))
+        self.pending, self.last_flush = [], time.monotonic()
 
 
 class StoreCallback(tune.Callback):
-    """Collects each trial's rows on the driver and writes them as one Parquet file per attempt
-    when the trial ends; prints one progress line per finished cell."""
+    """Collects rows on the driver and writes each cell as one Parquet file as soon as its final
+    rows arrive; prints one progress line per cell. A cell that fails inside a chunk is recorded
+    as failed once its trial has no retries left; its siblings keep their own results."""
 
     def __init__(self, directory, total: int, already_done: int = 0):
         self.directory = directory
         self.total, self.done, self.failed = total, already_done, 0
-        self.rows: dict[str, list[dict]] = {}
+        self.rows: dict[tuple[str, str], list[dict]] = {}  # (trial id, cell id) -> rows received
+        self.errors: dict[tuple[str, str], str] = {}  # (trial id, cell id) -> traceback of its last attempt
+        self.written: dict[str, set[str]] = {}  # trial id -> cell ids in the store
         self.started = time.time()
         self.versions = store.versions()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.rows.setdefault(trial.trial_id, []).extend(result.get("rows", []))
+        finished = []
+        for row in result.get("rows", []):
+            self.rows.setdefault((trial.trial_id, row["cell_id"]), []).append(row)
+            if row["kind"] == "final" and row["cell_id"] not in finished:
+                finished.append(row["cell_id"])
+        for cell_id, error in result.get("errors", {}).items():
+            self.errors[(trial.trial_id, cell_id)] = error
+        cells = _cells_by_id(trial)
+        for cell_id in finished:
+            rows = self._latest_attempt(trial, cell_id)
+            failed = any(row["status"] == "failed" for row in rows)
+            self._write(trial, cells[cell_id], rows, failed, rows[-1].get("error") if failed else None)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        print(f"[raysweep] retrying {cell_label(trial.config['cell'])} after: {_last_line(trial.get_error())}", flush=True)
+        pending = self._unwritten(trial)
+        raised = [cell for cell in pending if (trial.trial_id, cell["cell_id"]) in self.errors]
+        for cell in raised:
+            print(f"[raysweep] retrying {cell_label(cell)} after: "
+                  f"{_last_line(self.errors[(trial.trial_id, cell['cell_id'])])}", flush=True)
+        # The others were running or waiting when the worker died (or their last rows were lost with it).
+        lost = [cell for cell in pending if (trial.trial_id, cell["cell_id"]) not in self.errors]
+        if lost:
+            more = f" and {len(lost) - 1} more cell(s) of its trial" if len(lost) > 1 else ""
+            print(f"[raysweep] retrying {cell_label(lost[0])}{more} after: {_last_line(trial.get_error())}", flush=True)
+        # The retry starts from trial.config: tell it which cells are already in the store.
+        trial.set_config(trial.config | {"skip": sorted(self.written.get(trial.trial_id, ()))})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        rows = self._latest_attempt(trial)
-        failed = any(row["status"] == "failed" for row in rows)
-        self._write(trial, rows, failed, rows[-1].get("error") if failed else None)
+        for cell in self._unwritten(trial):  # a trainable that returns early must not lose a cell silently
+            self._write_failed(trial, cell, "the trial ended without reporting this cell's results")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = trial.get_error() or "the trial failed without an error message"
-        rows = self._latest_attempt(trial)
-        attempt = rows[0]["attempt"] if rows else f"{time.time_ns():020d}-error"
-        rows.append({"cell_id": trial.config["cell"]["cell_id"], "attempt": attempt, "kind": "final",
-                     "status": "failed", "error": error})
-        self._write(trial, rows, True, _last_line(error))
+        for cell in self._unwritten(trial):
+            self._write_failed(trial, cell, self.errors.get((trial.trial_id, cell["cell_id"]), error))
 
-    def _latest_attempt(self, trial) -> list[dict]:
-        """A retried trial replays its epochs: keep only the rows of its latest attempt."""
-        rows = self.rows.pop(trial.trial_id, [])
+    def _unwritten(self, trial) -> list[dict]:
+        written = self.written.get(trial.trial_id, set())
+        return [cell for cell in trial.config["chunk"] if cell["cell_id"] not in written]
+
+    def _latest_attempt(self, trial, cell_id: str) -> list[dict]:
+        """A retried cell replays its epochs: keep only the rows of its latest attempt."""
+        rows = self.rows.pop((trial.trial_id, cell_id), [])
         latest = max((row["attempt"] for row in rows), default=None)
         return [row for row in rows if row["attempt"] == latest]
 
-    def _write(self, trial, rows: list[dict], failed: bool, reason: str | None) -> None:
-        cell = trial.config["cell"]
+    def _write_failed(self, trial, cell: dict, error: str) -> None:
+        rows = self._latest_attempt(trial, cell["cell_id"])
+        attempt = rows[0]["attempt"] if rows else f"{time.time_ns():020d}-error"
+        rows.append({"cell_id": cell["cell_id"], "attempt": attempt, "kind": "final", "status": "failed", "error": error})
+        self._write(trial, cell, rows, True, _last_line(error))
+
+    def _write(self, trial, cell: dict, rows: list[dict], failed: bool, reason: str | None) -> None:
         coordinates = {
             "experiment": cell["experiment"], "task": cell["task"]["name"],
             "model": cell["model"]["name"] if cell["model"] else None, "size_knob": cell["size_knob"],
@@ -72,11 +136,17 @@ class StoreCallback(tune.Callback):
             "config": json.dumps(cell, sort_keys=True), "versions": self.versions,
         }
         store.write_cell(self.directory, [coordinates | row for row in rows])
+        self.written.setdefault(trial.trial_id, set()).add(cell["cell_id"])
+        self.errors.pop((trial.trial_id, cell["cell_id"]), None)
         self.done += 1
         self.failed += failed
         status = f"FAILED: {reason}" if failed else "ok"
         print(f"[raysweep] {self.done}/{self.total} cells ({self.failed} failed, "
               f"{time.time() - self.started:.0f}s) {cell_label(cell)}: {status}", flush=True)
+
+
+def _cells_by_id(trial) -> dict[str, dict]:
+    return {cell["cell_id"]: cell for cell in trial.config["chunk"]}
 
 
 def _last_line(text: str | None) -> str:
