@@ -36,7 +36,7 @@ def fit(data, model, options, train, seed: int, on_epoch, device) -> "Members":
     for member in range(options.members):
         torch.manual_seed(seed * 1_000 + member)  # own initialisation per member, the same on every worker
         network = model.build(data.input_dim, data.output_dim)
-        engine = _engine(deepspeed, network, options.zero_stage, train, device)
+        engine = make_engine(deepspeed, network, options.zero_stage, train, device)
         for epoch, loss in _train(engine, data, train, seed * 1_000 + member, device):
             losses.setdefault(epoch, []).append(loss)
         members.append(_full_network(deepspeed, engine, lambda: model.build(data.input_dim, data.output_dim),
@@ -91,7 +91,7 @@ def join_process_group(device) -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
-def _engine(deepspeed, network: nn.Module, zero_stage: int, train, device):
+def make_engine(deepspeed, network: nn.Module, zero_stage: int, train, device):
     rank, workers = dist.get_rank(), dist.get_world_size()
     micro_batch = -(-train.batch_size // workers)  # ceil: the global batch is at least train.batch_size
     network = network.to(device)
