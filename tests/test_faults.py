@@ -6,6 +6,7 @@ import sys
 import time
 
 import psutil
+import pyarrow.compute as pc
 import pytest
 
 from raysweep import experiment as E
@@ -79,4 +80,53 @@ def test_a_killed_driver_resumes_with_only_the_missing_cells(root, tmp_path):
     all_cells = expected_cells(root, "grid.seeds=0,1")
     assert set(store.load(results).column("cell_id").to_pylist()) == all_cells
     for name, content in finished.items():  # finished cells untouched, byte for byte
+        assert (results / name).read_bytes() == content
+
+
+# A chunk of 4 cells in one trial, one trial at a time: the worker is killed once a cell is stored.
+CHUNK = ["--set", "grid.seeds=0,1", "--cells-per-trial", "4", "--max-concurrent", "1"]
+
+
+def kill_worker_once_a_cell_is_stored(driver, results) -> dict[str, bytes]:
+    deadline = time.time() + 120
+    while not list(results.glob("*.parquet")) and time.time() < deadline:
+        time.sleep(0.1)
+    busy_trial_worker(driver).send_signal(signal.SIGKILL)
+    return {p.name: p.read_bytes() for p in results.glob("*.parquet")}
+
+
+def test_a_worker_killed_mid_chunk_reruns_only_the_cells_not_yet_stored(root, tmp_path):
+    driver = launch(root, tmp_path, *CHUNK)
+    results = store.results_dir(tmp_path, "digits")
+    stored = kill_worker_once_a_cell_is_stored(driver, results)
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output
+    assert "retrying" in output and "1 trial(s) of up to 4 cell(s)" in output
+    table = store.load(results)
+    assert set(table.column("cell_id").to_pylist()) == expected_cells(root, "grid.seeds=0,1")
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    files = [p.name.split(".")[0] for p in results.glob("*.parquet")]
+    assert sorted(files) == sorted(set(files))  # no cell run twice: a rerun would add a second attempt file
+    for name, content in stored.items():
+        assert (results / name).read_bytes() == content
+
+
+def test_a_chunk_out_of_retries_keeps_its_stored_cells_and_the_next_launch_runs_only_the_rest(root, tmp_path):
+    extra = [*CHUNK, "--set", "resources.max_retries=0"]
+    driver = launch(root, tmp_path, *extra)
+    results = store.results_dir(tmp_path, "digits")
+    kill_worker_once_a_cell_is_stored(driver, results)
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output
+    finished = store.finished_cells(results)
+    failed = set(store.load(results).filter(pc.field("status") == "failed").column("cell_id").to_pylist())
+    assert finished and failed and finished | failed == expected_cells(root, "grid.seeds=0,1")
+    kept = {p.name: p.read_bytes() for p in results.glob("*.parquet") if p.name.split(".")[0] in finished}
+
+    again = launch(root, tmp_path, *extra)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert f"{len(finished)} already done, {len(failed)} to run" in output
+    assert store.finished_cells(results) == expected_cells(root, "grid.seeds=0,1")
+    for name, content in kept.items():
         assert (results / name).read_bytes() == content
