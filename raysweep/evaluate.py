@@ -11,7 +11,8 @@ import torch
 from raysweep import uncertainty as U
 from raysweep.tasks.data import IGNORE_INDEX, REGRESSION, TaskData
 
-BATCH = 256
+BATCH = 256  # examples per batch at most
+PREDICTION_BUDGET = 2**25  # elements of one batch's predictions: 256 MiB once made float64
 
 
 def evaluate(posterior, data: TaskData, ece_bins: int = 15) -> dict[str, dict[str, float]]:
@@ -31,15 +32,20 @@ def evaluate(posterior, data: TaskData, ece_bins: int = 15) -> dict[str, dict[st
 
 
 def _scores(posterior, x: torch.Tensor, y: torch.Tensor | None, kind: str) -> dict[str, torch.Tensor]:
-    """Per-example scores, flattened over tokens when the predictions are per token."""
-    batches = []
-    for start in range(0, len(x), BATCH):
-        labels = None if y is None else y[start:start + BATCH]
-        prediction = posterior.predict(x[start:start + BATCH])
+    """Per-example scores, flattened over tokens when the predictions are per token. The first batch
+    is one example, to measure a prediction's size; later batches hold at most PREDICTION_BUDGET
+    elements of (S, B, …, C), so a large vocabulary and many members shrink the batch, not the machine."""
+    batches, start, size = [], 0, 1
+    while start < len(x):
+        labels = None if y is None else y[start:start + size]
+        prediction = posterior.predict(x[start:start + size])
         if kind == REGRESSION:
             batches.append(_regression_scores(*prediction, labels))
         else:
             batches.append(_classification_scores(prediction, labels))
+        per_example = sum(p.numel() for p in (prediction if kind == REGRESSION else [prediction])) // size
+        start += size
+        size = max(1, min(BATCH, PREDICTION_BUDGET // per_example))
     return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
 
 
