@@ -58,9 +58,9 @@ def measure_driver(cells: int, rows_per_cell: int, results_per_cell: int) -> dic
     class Trial:  # the attributes StoreCallback reads
         def __init__(self, rows):
             self.trial_id = rows[0]["cell_id"]
-            self.config = {"cell": {"cell_id": rows[0]["cell_id"], "experiment": "bench",
-                                    "task": {"name": "regression"}, "model": {"name": "mlp"}, "size_knob": "width",
-                                    "size": 16, "n": 100, "method": "ensemble", "seed": 0}}
+            self.config = {"chunk": [{"cell_id": rows[0]["cell_id"], "experiment": "bench",
+                                      "task": {"name": "regression"}, "model": {"name": "mlp"}, "size_knob": "width",
+                                      "size": 16, "n": 100, "method": "ensemble", "seed": 0}]}
 
     samples = make_cells(cells * rows_per_cell, rows_per_cell)
     per_cell = []

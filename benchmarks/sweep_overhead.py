@@ -1,34 +1,35 @@
 """Sweep overhead: the same 100-cell grid run by raysweep and by plain Ray Tune, side by side.
 
-    python benchmarks/sweep_overhead.py                  # 2 interleaved repeats (+1 Tune-defaults run)
-    python benchmarks/sweep_overhead.py --repeats 3 --skip-defaults
+    python benchmarks/sweep_overhead.py                  # 2 interleaved repeats
+    python benchmarks/sweep_overhead.py --repeats 3 --defaults
+    python benchmarks/sweep_overhead.py --set train.min_steps=160   # the same grid, 4x the work per cell
 
 The grid is benchmarks/sweep_experiment.py: 100 real cells (regression task, 2-member MLP ensemble,
 fixed number of optimiser steps). Every variant runs raysweep.cell.run_cell on the same cells, so
 the work is the same; each cell times its own work (`wall_time_s`, from just before data loading to
 just after evaluation). With K parallel slots (one CPU per trial, K = os.cpu_count()):
 
-    ideal = Σ_cells wall_time_s / K          overhead ratio = sweep wall / ideal
+    ideal = Σ_cells wall_time_s / K          overhead ratio = wall / ideal
 
-"sweep wall" runs from just before ray.init to just after ray.shutdown (what a user waits for; the
-Python imports before it are not counted for any variant). Variants, each in a fresh subprocess,
-interleaved (the order rotates every repeat) because the machine is shared and loaded:
+"wall" is what a user waits for once Python has imported its modules (imports are not counted for
+any variant): for raysweep, all of `raysweep.launch.main` (validation, listing the store, ray.init,
+the sweep, ray.shutdown; the final report is switched off here, it is measured by
+benchmarks/fit_report.py); for plain Tune, from validating the grid to just after ray.shutdown.
+Variants, each in a fresh subprocess, interleaved (the order rotates every repeat) because the
+machine is shared:
 
-    raysweep          python -m raysweep.launch <grid> --output <tmp> : validation, store callback,
-                      JSON logger, per-epoch reporting, dashboard on (as a user runs it). The final
-                      report (lmfit fits + plots) is switched off here: it is measured by
-                      benchmarks/fit_report.py, and it is not part of the sweep.
-    raysweep-batched  the same, with a monkeypatched trainable that sends all of a cell's rows in
-                      ONE tune.report at the end instead of one per epoch (diagnostic: what lighter
-                      reporting would buy).
+    raysweep          python -m raysweep.launch <grid> --output <tmp>, defaults: cells batched per
+                      trial (automatic: 10 per trial on 2 slots), store callback, JSON logger, rows
+                      sent at most once a second, dashboard on (as a user runs it).
+    raysweep-1        the same with --cells-per-trial 1: one Tune trial per cell (before batching).
+    raysweep-nodash   the same as raysweep with --no-dashboard (does the dashboard cost time?).
     tune-reuse        plain Ray Tune: a minimal function trainable calling run_cell with no store and
                       reporting once, TuneConfig(reuse_actors=True), Tune's default loggers.
     tune-defaults     the same with Tune's defaults (a fresh worker per trial). Slow (~3-4x ideal):
-                      run once, on the first 30 cells (--defaults-cells 100 for all), unless
-                      --skip-defaults.
+                      only with --defaults, once, on the first 30 cells (--defaults-cells 100 for all).
 
-Timing wrappers (not changing behaviour) split raysweep's driver time into ray.init, Tuner.fit,
-store writes, StoreCallback and JsonLoggerCallback work.
+Timing wrappers (not changing behaviour) split raysweep's time into ray.init, Tuner.fit,
+ray.shutdown, store writes and callback work.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ROOT / "benchmarks" / "sweep_experiment.py"
-VARIANTS = ("raysweep", "raysweep-batched", "tune-reuse", "tune-defaults")
+VARIANTS = ("raysweep", "raysweep-1", "raysweep-nodash", "tune-reuse", "tune-defaults")
+RAYSWEEP_FLAGS = {"raysweep": [], "raysweep-1": ["--cells-per-trial", "1"], "raysweep-nodash": ["--no-dashboard"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,20 +74,6 @@ class Clock:
         setattr(owner, name, timed)
 
 
-def batched_trainable(config: dict) -> None:
-    """raysweep's trainable, but one tune.report per cell (all epoch rows + final rows at once).
-    Defined in __main__, so Ray pickles it by value to the workers."""
-    import torch
-    from ray import tune
-
-    from raysweep.cell import run_cell
-
-    torch.set_num_threads(max(1, int(config["cpus"])))
-    pending: list[dict] = []
-    run_cell(config["cell"], pending.extend)
-    tune.report({"rows": pending})
-
-
 def plain_trainable(config: dict) -> None:
     """What a user of plain Tune would write: do the work, report one scalar result."""
     import torch
@@ -98,7 +86,7 @@ def plain_trainable(config: dict) -> None:
     tune.report({"wall_time_s": max(row["wall_time_s"] for row in rows), "status": rows[-1]["status"]})
 
 
-def run_raysweep(out: Path, batched: bool) -> dict:
+def run_raysweep(out: Path, flags: list[str], overrides: list[str]) -> dict:
     import ray
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -113,18 +101,17 @@ def run_raysweep(out: Path, batched: bool) -> dict:
     clock.wrap(trial.StoreCallback, "on_trial_result", "StoreCallback.on_trial_result")
     clock.wrap(trial.StoreCallback, "on_trial_complete", "StoreCallback.on_trial_complete")
     clock.wrap(JsonLoggerCallback, "on_trial_result", "JsonLoggerCallback.on_trial_result")
-    clock.wrap(launch, "run_sweep", "sweep")
+    clock.wrap(launch, "run_sweep", "run_sweep")
     report.write = lambda *args, **kwargs: "(report skipped by the benchmark)"
-    if batched:
-        trial.trainable = batched_trainable
+    sets = [arg for override in overrides for arg in ("--set", override)]
     started = time.perf_counter()
     with open(os.devnull, "w") as quiet:  # one progress line per cell: keep the benchmark's output short
         stdout, sys.stdout = sys.stdout, quiet
         try:
-            code = launch.main([str(GRID), "--output", str(out)])
+            code = launch.main([str(GRID), "--output", str(out), *flags, *sets])
         finally:
             sys.stdout = stdout
-    main_s = time.perf_counter() - started
+    wall_s = time.perf_counter() - started
     assert code == 0, f"raysweep exited with {code}"
     table = store.load(store.results_dir(out, "sweep_overhead"))
     per_cell, failed = {}, {}
@@ -134,20 +121,21 @@ def run_raysweep(out: Path, batched: bool) -> dict:
             failed[cell_id] = (error or "")[-300:]
         per_cell[cell_id] = max(per_cell.get(cell_id, 0.0), wall or 0.0)
     epoch_rows = store.load(store.results_dir(out, "sweep_overhead"), kind="epoch").num_rows
-    return {"wall_s": clock.seconds["sweep"], "main_s": main_s, "work_s": sum(per_cell.values()),
-            "cells": len(per_cell), "failed": failed, "epoch_rows": epoch_rows, "seconds": clock.seconds, "calls": clock.calls}
+    return {"wall_s": wall_s, "work_s": sum(per_cell.values()), "cells": len(per_cell), "failed": failed,
+            "epoch_rows": epoch_rows, "seconds": clock.seconds, "calls": clock.calls}
 
 
-def run_tune(out: Path, reuse: bool, limit: int | None) -> dict:
+def run_tune(out: Path, reuse: bool, limit: int | None, overrides: list[str]) -> dict:
     import ray
     from ray import tune
 
     from raysweep import experiment as exp
 
-    cells = exp.cells(exp.load(GRID).validate())[:limit]
     started = time.perf_counter()
+    cells = exp.cells(exp.apply_overrides(exp.load(GRID), overrides).validate())[:limit]
+    init_started = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
-    init_s = time.perf_counter() - started
+    init_s = time.perf_counter() - init_started
     tuner = tune.Tuner(
         tune.with_resources(plain_trainable, {"cpu": 1}),
         param_space={"cell": tune.grid_search(cells)},
@@ -157,27 +145,29 @@ def run_tune(out: Path, reuse: bool, limit: int | None) -> dict:
     fit_started = time.perf_counter()
     results = tuner.fit()
     fit_s = time.perf_counter() - fit_started
+    shutdown_started = time.perf_counter()
     ray.shutdown()
+    shutdown_s = time.perf_counter() - shutdown_started
     wall_s = time.perf_counter() - started
     frame = results.get_dataframe()
     assert len(frame) == len(cells) and (frame["status"] == "ok").all(), "some plain-Tune trials failed"
-    return {"wall_s": wall_s, "main_s": wall_s, "work_s": float(frame["wall_time_s"].sum()), "cells": len(frame),
-            "seconds": {"ray.init": init_s, "Tuner.fit": fit_s}, "calls": {}}
+    return {"wall_s": wall_s, "work_s": float(frame["wall_time_s"].sum()), "cells": len(frame),
+            "seconds": {"ray.init": init_s, "Tuner.fit": fit_s, "ray.shutdown": shutdown_s}, "calls": {}}
 
 
-def run_one(variant: str, limit: int | None) -> dict:
+def run_one(variant: str, limit: int | None, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as tmp:
         out = Path(tmp)
         if variant.startswith("raysweep"):
-            return run_raysweep(out, batched=variant == "raysweep-batched")
-        return run_tune(out, reuse=variant == "tune-reuse", limit=limit)
+            return run_raysweep(out, RAYSWEEP_FLAGS[variant], overrides)
+        return run_tune(out, reuse=variant == "tune-reuse", limit=limit, overrides=overrides)
 
 
 # ---------------------------------------------------------------------------------------------
 # The driver: interleave variants over repeats, each in its own process
 
-def spawn(variant: str, limit: int | None = None) -> dict:
-    extra = ["--cells", str(limit)] if limit else []
+def spawn(variant: str, overrides: list[str], limit: int | None = None) -> dict:
+    extra = (["--cells", str(limit)] if limit else []) + [arg for o in overrides for arg in ("--set", o)]
     proc = subprocess.run([sys.executable, __file__, "--one", variant, *extra], cwd=ROOT, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -193,69 +183,84 @@ def summary(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip-defaults", action="store_true", help="do not run the slow tune-defaults variant")
+    parser.add_argument("--variants", default="raysweep,raysweep-1,raysweep-nodash,tune-reuse",
+                        help="comma-separated variants interleaved every repeat (default: all but tune-defaults)")
+    parser.add_argument("--defaults", action="store_true", help="also run the slow tune-defaults variant")
     parser.add_argument("--defaults-repeats", type=int, default=1, help="runs of tune-defaults (default 1)")
     parser.add_argument("--defaults-cells", type=int, default=30,
                         help="tune-defaults runs only the first K cells (default 30: it is ~4x ideal; 100 for all)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of the grid for every variant, e.g. train.min_steps=160")
     parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--cells", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args.cells)), flush=True)
+        print("RESULT " + json.dumps(run_one(args.one, args.cells, args.overrides)), flush=True)
         return
 
     slots = os.cpu_count()
-    fast = ["raysweep", "raysweep-batched", "tune-reuse"]
+    fast = args.variants.split(",")
+    unknown = set(fast) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     schedule = []
     for r in range(args.repeats):
-        order = fast[r % len(fast):] + fast[:r % len(fast)]
-        schedule += order
-        if not args.skip_defaults and r < args.defaults_repeats:
+        schedule += fast[r % len(fast):] + fast[:r % len(fast)]
+        if args.defaults and r < args.defaults_repeats:
             schedule.append("tune-defaults")
-    print(f"[sweep_overhead] {slots} slots, grid {GRID.relative_to(ROOT)}, schedule: {', '.join(schedule)}")
-    print(f"[sweep_overhead] load before: {os.getloadavg()[0]:.2f} (1-min average)", flush=True)
+    print(f"[sweep_overhead] {slots} slots, grid {GRID.relative_to(ROOT)} {' '.join(args.overrides)}, "
+          f"schedule: {', '.join(schedule)}")
+    print(f"[sweep_overhead] {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"load before: {os.getloadavg()[0]:.2f} (1-min average)", flush=True)
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for variant in schedule:
-        result = spawn(variant, args.defaults_cells if variant == "tune-defaults" else None)
+        load_before = os.getloadavg()[0]
+        result = spawn(variant, args.overrides, args.defaults_cells if variant == "tune-defaults" else None)
         result["ideal_s"] = result["work_s"] / slots
         result["ratio"] = result["wall_s"] / result["ideal_s"]
-        result["load"] = os.getloadavg()[0]
+        result["load"] = (load_before, os.getloadavg()[0])
         runs[variant].append(result)
         for cell_id, error in result.get("failed", {}).items():
             print(f"  !! {variant}: cell {cell_id} FAILED: {error}")
         print(f"  {variant:17s} cells {result['cells']}  wall {result['wall_s']:6.1f}s  ideal {result['ideal_s']:6.1f}s  "
-              f"wall/ideal {result['ratio']:.3f}  (load {result['load']:.1f})", flush=True)
+              f"wall/ideal {result['ratio']:.3f}  ray.init {result['seconds'].get('ray.init', 0):5.1f}s  "
+              f"(load {result['load'][0]:.1f} -> {result['load'][1]:.1f})", flush=True)
+    report(runs, slots)
 
+
+def report(runs: dict[str, list[dict]], slots: int) -> None:
+    runs = {variant: results for variant, results in runs.items() if results}
     print("\nwall / ideal over repeats (ideal = Σ per-cell work / slots):")
     for variant, results in runs.items():
-        if results:
-            print(f"  {variant:17s} n={len(results)}  {summary([r['ratio'] for r in results])}")
+        print(f"  {variant:17s} n={len(results)}  {summary([r['ratio'] for r in results])}")
     print("\nseconds over repeats (wall; ideal):")
     for variant, results in runs.items():
-        if results:
-            print(f"  {variant:17s} wall {summary([r['wall_s'] for r in results])};  "
-                  f"ideal {summary([r['ideal_s'] for r in results])}")
+        print(f"  {variant:17s} wall {summary([r['wall_s'] for r in results])};  "
+              f"ideal {summary([r['ideal_s'] for r in results])}")
+    print("\nfixed and steady costs: ray.init + ray.shutdown (s); Tuner.fit / ideal:")
+    for variant, results in runs.items():
+        fixed = [r["seconds"].get("ray.init", 0) + r["seconds"].get("ray.shutdown", 0) for r in results]
+        steady = [r["seconds"]["Tuner.fit"] / r["ideal_s"] for r in results]
+        print(f"  {variant:17s} fixed {summary(fixed)};  fit/ideal {summary(steady)}")
     print("\nratios of median wall/ideal:")
-    med = {v: statistics.median(r["ratio"] for r in rs) for v, rs in runs.items() if rs}
-    for a, b in (("raysweep", "tune-reuse"), ("raysweep", "tune-defaults"), ("raysweep-batched", "tune-reuse"),
-                 ("raysweep-batched", "raysweep")):
+    med = {v: statistics.median(r["ratio"] for r in rs) for v, rs in runs.items()}
+    for a, b in (("raysweep", "tune-reuse"), ("raysweep", "raysweep-1"), ("raysweep-1", "tune-reuse"),
+                 ("raysweep-nodash", "raysweep"), ("raysweep", "tune-defaults")):
         if a in med and b in med:
             print(f"  {a} / {b}: {med[a] / med[b]:.3f}")
     print("\nper-cell overhead (wall - ideal) x slots / cells, median seconds:")
     for variant, results in runs.items():
-        if results:
-            values = [(r["wall_s"] - r["ideal_s"]) * slots / r["cells"] for r in results]
-            print(f"  {variant:17s} {statistics.median(values):.3f} s/cell  ({summary(values)})")
-    print("\nwhere the driver's time goes (median seconds per run; calls):")
+        values = [(r["wall_s"] - r["ideal_s"]) * slots / r["cells"] for r in results]
+        print(f"  {variant:17s} {statistics.median(values):.3f} s/cell  ({summary(values)})")
+    print("\nwhere the time goes (median seconds per run; calls in the first run):")
     for variant, results in runs.items():
         for label in sorted({k for r in results for k in r["seconds"]}):
             values = [r["seconds"].get(label, 0.0) for r in results]
             calls = results[0]["calls"].get(label, "")
             print(f"  {variant:17s} {label:36s} {statistics.median(values):7.2f}s  {calls}")
-    if runs["raysweep"]:
-        print(f"\nraysweep epoch rows per run: {runs['raysweep'][0]['epoch_rows']} "
-              f"(= tune.report calls besides the 100 final ones)")
-    print(f"[sweep_overhead] load after: {os.getloadavg()[0]:.2f}")
+    loads = [value for results in runs.values() for r in results for value in r["load"]]
+    print(f"\n[sweep_overhead] load (1-min average) over the runs: {min(loads):.1f}-{max(loads):.1f}; "
+          f"after: {os.getloadavg()[0]:.2f}")
     goal = med.get("raysweep", float("inf"))
     print(f"\nGOAL raysweep <= 1.10 x ideal: {'MET' if goal <= 1.10 else 'NOT MET'} ({goal:.3f}); "
           f"not above plain Tune (reuse_actors): "
