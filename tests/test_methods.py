@@ -12,7 +12,9 @@ from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions, csgld, dropout, ensemble, exact, laplace, sghmc, swag, vi
 from raysweep.methods.training import StackedMembers, train_members
+from raysweep.models.cnn import CNN
 from raysweep.models.mlp import MLP
+from raysweep.models.resnet import ResNet
 from raysweep.tasks.regression import LinearRegression
 from raysweep.tasks.vision import Digits
 
@@ -55,18 +57,25 @@ def test_exact_posterior_equals_the_closed_form_per_point():
     assert torch.all(variances == 0.5)
 
 
-def test_vectorised_ensemble_equals_members_trained_one_by_one():
-    data = Digits().load(96, 0, [], 50)
+# No GroupNorm in the CNN here: a conv bias right before a norm has an exactly-zero gradient, which
+# Adam turns into rounding-noise steps that differ between any two implementations (and do not
+# change the network's function); the batched GroupNorm is checked in the test below.
+@pytest.mark.parametrize("model, task", [(MLP(width=16, depth=2), Digits()),
+                                         (CNN(width=4, norm=False), Digits(as_images=True))])
+def test_vectorised_ensemble_equals_members_trained_one_by_one(model, task):
+    data = task.load(96, 0, [], 50)
     torch.manual_seed(0)
-    members = [MLP(width=16, depth=2).build(64, 10) for _ in range(3)]
+    members = [model.build(data.input_dim, 10) for _ in range(3)]
     reference = copy.deepcopy(members)
     stack = train_members(StackedMembers(members), data, TINY, seed=5, on_epoch=ignore)
+    assert stack.batched  # the batched model, not the vmap path
 
-    # The same data orders, drawn exactly as train_members draws them, then a plain loop per member.
+    # The same data orders, drawn exactly as train_members draws them, then a plain loop per member
+    # with torch's default (for-loop) Adam.
     generator = torch.Generator().manual_seed(5)
     orders = [torch.stack([torch.randperm(96, generator=generator) for _ in range(3)]) for _ in range(TINY.epochs)]
     for m, member in enumerate(reference):
-        optimizer = torch.optim.Adam(member.parameters(), lr=TINY.lr)
+        optimizer = torch.optim.Adam(member.parameters(), lr=TINY.lr, foreach=False)
         for order in orders:
             for start in range(0, 96, 32):
                 idx = order[m, start:start + 32]
@@ -76,6 +85,43 @@ def test_vectorised_ensemble_equals_members_trained_one_by_one():
                 optimizer.step()
         for name, value in member.named_parameters():
             torch.testing.assert_close(stack.params[name][m], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model, shape", [
+    (MLP(width=6, depth=2), (5, 7)),
+    (CNN(width=4), (5, 2, 8, 8)),
+    (CNN(width=4, stages=3, norm=False), (5, 3, 9, 7)),  # odd sizes: ceil-mode pooling
+    (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5, bias=False), torch.nn.GELU(),
+                         torch.nn.Linear(5, 3)), (5, 3, 4)),
+])
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_the_batched_model_equals_each_member_alone(model, shape, shared_input):
+    """Outputs and gradients of the batched model against each member run as an ordinary module."""
+    torch.manual_seed(0)
+    members = [model.build(shape[1], 3) if hasattr(model, "build") else copy.deepcopy(model) for _ in range(3)]
+    if not hasattr(model, "build"):
+        for member in members[1:]:
+            for p in member.parameters():  # distinct members
+                p.data.uniform_(-0.5, 0.5)
+    stack = StackedMembers(copy.deepcopy(members))
+    assert stack.batched
+    x = torch.randn(*shape) if shared_input else torch.randn(3, *shape)
+    outputs = stack.forward(x, shared_input=shared_input, train=True)  # (M, B, out)
+    outputs.square().sum().backward()
+    for m, member in enumerate(members):
+        expected = member(x if shared_input else x[m])
+        expected.square().sum().backward()
+        torch.testing.assert_close(outputs[m], expected, rtol=1e-5, atol=1e-5)
+        # float32 rounding, relative to the largest gradient (a conv bias before GroupNorm has 0 up to rounding)
+        scale = max(p.grad.abs().max() for p in member.parameters())
+        for name, p in member.named_parameters():
+            torch.testing.assert_close(stack.params[name].grad[m], p.grad, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_models_the_batched_model_does_not_cover_train_under_vmap():
+    assert not StackedMembers([ResNet(width=4).build(1, 10)]).batched  # residual blocks
+    assert not StackedMembers([torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))]).batched
+    assert not StackedMembers([torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU(inplace=True))]).batched
 
 
 def fast_options(name):

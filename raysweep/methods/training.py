@@ -1,4 +1,5 @@
-"""Train M copies of one architecture at once with torch.func (stack_module_state + vmap).
+"""Train M copies of one architecture at once: a batched model (batched.py) for plain Sequentials
+of common layers, torch.func (stack_module_state + vmap) for everything else.
 
 Small members are far too small to keep two cores busy one at a time; stacked, the M forward and
 backward passes become one batched pass. Each member keeps its own initialisation and its own data
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from raysweep.methods import batched
 from raysweep.tasks.data import CLASSIFICATION, IGNORE_INDEX, TaskData
 
 
@@ -26,9 +28,21 @@ class StackedMembers:
     """M members of one architecture held as stacked parameters: each tensor is (M, ...)."""
 
     def __init__(self, members: list[nn.Module]):
-        self.params, self.buffers = stack_module_state(members)
-        self.skeleton = copy.deepcopy(members[0]).to("meta")  # structure only; weights come from params
-        self.size = len(members)
+        params, buffers = stack_module_state(members)
+        self.hold(params, buffers, members[0], len(members))
+
+    @classmethod
+    def of(cls, params: dict, buffers: dict, network: nn.Module) -> "StackedMembers":
+        """Members given as already stacked (M, ...) parameters and buffers of `network`'s architecture."""
+        members = cls.__new__(cls)
+        members.hold(params, buffers, network, len(next(iter(params.values()))))
+        return members
+
+    def hold(self, params: dict, buffers: dict, network: nn.Module, size: int) -> None:
+        self.params, self.buffers, self.size = params, buffers, size
+        self.skeleton = copy.deepcopy(network).to("meta")  # structure only; weights come from params
+        # Plain Sequentials of common layers run as one batched model, without vmap's per-step overhead.
+        self.batched = batched.supports(self.skeleton) and not buffers
 
     @property
     def device(self) -> torch.device:
@@ -37,7 +51,12 @@ class StackedMembers:
     def forward(self, x: torch.Tensor, *, shared_input: bool, train: bool) -> torch.Tensor:
         """x: (B, D) shared by every member, or (M, B, D) one batch per member. Returns (M, B, out)."""
         self.skeleton.train(train)
+        if self.batched:
+            return batched.forward(self.skeleton, self.params, x, self.size, shared_input)
+        return self.vmapped(x, shared_input)
 
+    def vmapped(self, x: torch.Tensor, shared_input: bool) -> torch.Tensor:
+        """The generic path, for any architecture vmap can batch."""
         def one(params, buffers, inputs):
             return functional_call(self.skeleton, (params, buffers), (inputs,))
 
@@ -45,18 +64,21 @@ class StackedMembers:
         return vmap(one, in_dims=in_dims, randomness="different")(self.params, self.buffers, x)
 
 
-def loss_per_member(outputs: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+def loss_per_member(outputs: torch.Tensor, targets: torch.Tensor, kind: str, may_ignore: bool = True) -> torch.Tensor:
     """outputs (M, B, out), targets (M, B) -> mean loss per member (M,).
 
     Language models give (M, B, T, V) and (M, B, T): the mean is over scored tokens, skipping
-    targets equal to IGNORE_INDEX.
+    targets equal to IGNORE_INDEX (may_ignore=False: the caller knows there are none, and the
+    counting is skipped).
     """
     if kind == CLASSIFICATION:
-        members = outputs.shape[0]
-        flat_targets = targets.reshape(members, -1)  # (M, B·T)
-        losses = nn.functional.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), flat_targets.reshape(-1),
-                                             reduction="none", ignore_index=IGNORE_INDEX).view(members, -1)
-        return losses.sum(1) / (flat_targets != IGNORE_INDEX).sum(1).clamp_min(1)
+        # Class scores in dim 1 is the layout cross_entropy takes for (M, C, B, …) with (M, B, …)
+        # targets: no reshape (for features-first outputs, a copy) and one loss per example.
+        losses = nn.functional.cross_entropy(outputs.movedim(-1, 1), targets, reduction="none",
+                                             ignore_index=IGNORE_INDEX).flatten(1)  # (M, B·T)
+        if not may_ignore:
+            return losses.mean(1)
+        return losses.sum(1) / (targets != IGNORE_INDEX).flatten(1).sum(1).clamp_min(1)
     mean, variance = gaussian_head(outputs)
     return nn.functional.gaussian_nll_loss(mean, targets, variance, reduction="none", full=True).mean(1)
 
@@ -92,25 +114,35 @@ def train_members(
     """Minibatch Adam on every member at once; reports the mean member loss after each epoch."""
     device = stack.device
     x, y = data.train_x.to(device), data.train_y.to(device)
-    optimizer = torch.optim.Adam(stack.params.values(), lr=train.lr, weight_decay=train.weight_decay)
+    optimizer = adam(list(stack.params.values()), train)
     generator = torch.Generator().manual_seed(seed)
     n, batch = len(x), min(train.batch_size, len(x))
     steps = steps_per_epoch(train, n)
+    may_ignore = data.kind == CLASSIFICATION and bool((y == IGNORE_INDEX).any())
     for epoch in range(1, epochs_for(train, n) + 1):
         # Every member sees the data in its own order.
         order = torch.stack([torch.randperm(n, generator=generator) for _ in range(stack.size)]).to(device)  # (M, N)
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed where the losses are: no host sync per step
         for step in range(steps):
             idx = order[:, step * batch:(step + 1) * batch]  # (M, b)
-            losses = loss_per_member(stack.forward(x[idx], shared_input=False, train=True), y[idx], data.kind)
+            outputs = stack.forward(x[idx], shared_input=False, train=True)
+            losses = loss_per_member(outputs, y[idx], data.kind, may_ignore)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()  # members share no parameters, so each gets its own gradient
             optimizer.step()
-            total += losses.detach().mean().item()
-        epoch_loss = total / steps
+            total += losses.detach().mean()
+        epoch_loss = total.item() / steps
         check_finite(epoch, epoch_loss)
         on_epoch(epoch, epoch_loss)
     return stack
+
+
+def adam(params: list[torch.Tensor], train) -> torch.optim.Optimizer:
+    """Adam, fused where torch has the kernel: one pass over each tensor instead of a dozen
+    element-wise ops, which for small members cost more than the forward and backward passes.
+    The update is Adam's, element by element, so members stay independent."""
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,11 +190,9 @@ class SampledNetworks:
         names = [name for name, _ in network.named_parameters()]
         shapes = [p.shape for p in network.parameters()]
         chunks = samples.split([math.prod(s) for s in shapes], dim=1)
-        stack = StackedMembers.__new__(StackedMembers)
-        stack.params = {n: c.reshape(len(samples), *s) for n, c, s in zip(names, chunks, shapes)}
-        stack.buffers = {n: b.unsqueeze(0).expand(len(samples), *b.shape) for n, b in network.named_buffers()}
-        stack.skeleton = copy.deepcopy(network).to("meta")
-        stack.size = len(samples)
+        params = {n: c.reshape(len(samples), *s) for n, c, s in zip(names, chunks, shapes)}
+        buffers = {n: b.unsqueeze(0).expand(len(samples), *b.shape) for n, b in network.named_buffers()}
+        stack = StackedMembers.of(params, buffers, network)
         self.stack, self.kind = stack, kind
 
     @torch.no_grad()
