@@ -43,7 +43,8 @@ def _scores(posterior, x: torch.Tensor, y: torch.Tensor | None, kind: str) -> di
             batches.append(_regression_scores(*prediction, labels))
         else:
             batches.append(_classification_scores(prediction, labels))
-        per_example = sum(p.numel() for p in (prediction if kind == REGRESSION else [prediction])) // size
+        examples = min(size, len(x) - start)  # the last batch may be short
+        per_example = sum(p.numel() for p in (prediction if kind == REGRESSION else [prediction])) // examples
         start += size
         size = max(1, min(BATCH, PREDICTION_BUDGET // per_example))
     return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
