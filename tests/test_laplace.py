@@ -19,28 +19,15 @@ def ignore(*args):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster, and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class LinearModel:
-    """y = wᵀx: a network that is only its last layer, without bias, so its features are x."""
-
-    def build(self, input_dim, output_dim, dropout=0.0):
-        return nn.Sequential(nn.Linear(input_dim, output_dim, bias=False))
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.mark.parametrize("hessian", laplace.HESSIANS)
-def test_laplace_on_the_linear_gaussian_task_is_the_exact_posterior(hessian):
+def test_laplace_on_the_linear_gaussian_task_is_the_exact_posterior(hessian, linear_model):
     task = LinearRegression(dim=5, noise_var=0.25, prior_precision=1.0)
     data = task.load(100, 0, ["shifted"], 300)
     options = laplace.Options(hessian=hessian, prior="fixed", prior_precision=task.prior_precision)
-    approx = laplace.fit(data, LinearModel(), options, TINY, 0, ignore)
+    approx = laplace.fit(data, linear_model, options, TINY, 0, ignore)
     truth = exact.fit(data, None, None, TINY, 0, ignore)
     torch.testing.assert_close(approx.mean[0], truth.mean, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(approx.covariance, truth.covariance, rtol=1e-10, atol=1e-14)
@@ -51,11 +38,11 @@ def test_laplace_on_the_linear_gaussian_task_is_the_exact_posterior(hessian):
             assert ours[split][key] == pytest.approx(theirs[split][key], rel=1e-9, abs=1e-12)
 
 
-def test_marginal_likelihood_picks_the_prior_precision_of_highest_evidence():
+def test_marginal_likelihood_picks_the_prior_precision_of_highest_evidence(linear_model):
     # Closed-form evidence of Bayesian linear regression: the chosen α must be its maximiser.
     task = LinearRegression(dim=5, noise_var=0.25, prior_precision=1.0)
     data = task.load(60, 0, [], 10)
-    alpha = laplace.fit(data, LinearModel(), laplace.Options(), TINY, 0, ignore).alpha
+    alpha = laplace.fit(data, linear_model, laplace.Options(), TINY, 0, ignore).alpha
     x, y = data.train_x.double(), data.train_y.double()
 
     def evidence(a):

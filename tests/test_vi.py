@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
@@ -16,42 +15,31 @@ def ignore(*args):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster, and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class LinearModel:
-    def build(self, input_dim, output_dim, dropout=0.0):
-        return nn.Sequential(nn.Linear(input_dim, output_dim, bias=False))
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.mark.parametrize("guide", vi.GUIDES)
-def test_vi_epistemic_uncertainty_is_within_ten_percent_of_the_exact_posterior(guide):
+def test_vi_epistemic_uncertainty_is_within_ten_percent_of_the_exact_posterior(guide, linear_model):
     # Isotropic features, N ≫ d: the posterior is nearly diagonal, so even mean-field VI is close.
     task = LinearRegression(dim=4, noise_var=0.25, prior_precision=1.0)
     data = task.load(200, 0, ["shifted"], 200)
     options = vi.Options(guide=guide, rank=2, last_layer=True, prior_precision=task.prior_precision,
                          lr=0.05, samples=1000)
     steps = 300 if guide == "meanfield" else 600  # the low-rank guide's ELBO gradients are noisier
-    approx = vi.fit(data, LinearModel(), options, Train(epochs=1, min_steps=steps, batch_size=200), 0, ignore)
+    approx = vi.fit(data, linear_model, options, Train(epochs=1, min_steps=steps, batch_size=200), 0, ignore)
     ours, theirs = evaluate(approx, data), evaluate(exact.fit(data, None, None, None, 0, ignore), data)
     for split in ("test", "shifted"):
         assert ours[split]["epistemic"] == pytest.approx(theirs[split]["epistemic"], rel=0.10)
 
 
-def test_the_elbo_is_scaled_to_the_dataset_size():
+def test_the_elbo_is_scaled_to_the_dataset_size(linear_model):
     # With minibatches the reported loss (negative ELBO per example) must be on the same scale as
     # with the full batch: the plate multiplies a batch's likelihood by N/B.
     data = LinearRegression(dim=4).load(256, 0, [], 10)
     losses = {}
     for batch in (32, 256):
         seen = []
-        vi.fit(data, LinearModel(), vi.Options(last_layer=True, samples=2),
+        vi.fit(data, linear_model, vi.Options(last_layer=True, samples=2),
                Train(epochs=1, batch_size=batch), 0, lambda epoch, loss: seen.append(loss))
         losses[batch] = seen[-1]
     assert losses[32] == pytest.approx(losses[256], rel=0.3)
