@@ -1,6 +1,6 @@
 """Refit the scaling laws from a run's store and write its report.
 
-    python -m raysweep.fit RUN_DIR [--holdout] [--target-eu EPS] [--boot R] [--seed S]
+    python -m raysweep.fit RUN_DIR [--holdout] [--target-eu EPS] [--boot R] [--seed S] [--workers W]
 
 RUN_DIR is a run's folder (OUTPUT/<experiment>, holding results/) or the results folder itself.
 The report goes to RUN_DIR/report/: report.md, fits.parquet, fits.json, fits.csv and PNG plots.
@@ -10,6 +10,7 @@ The report goes to RUN_DIR/report/: report.md, fits.parquet, fits.json, fits.csv
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,11 +29,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="report N* (and P*): where epistemic uncertainty falls to EPS nats (default 0.01)")
     parser.add_argument("--boot", type=int, default=1000, metavar="R", help="bootstrap resamples per curve (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), metavar="W",
+                        help="processes to fit and plot in; the report is the same for any number "
+                             "(default: 2, or 1 on a one-CPU machine)")
     args = parser.parse_args(argv)
     if args.target_eu <= 0:
         parser.error(f"--target-eu must be > 0 nats, got {args.target_eu}")
     if args.boot < 0:
         parser.error(f"--boot must be >= 0, got {args.boot}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     return args
 
 
@@ -53,7 +59,7 @@ def main(argv=None) -> int:
     out_dir = (results.parent if results.name == "results" else results) / "report"
     started = time.perf_counter()
     path = report.write(results, out_dir, title=f"raysweep report: {results.parent.name}", n_boot=args.boot,
-                        seed=args.seed, holdout=args.holdout, target_eu=args.target_eu)
+                        seed=args.seed, holdout=args.holdout, target_eu=args.target_eu, workers=args.workers)
     print(report.table(pd.read_parquet(out_dir / "fits.parquet")))
     print(f"[raysweep] fitted in {time.perf_counter() - started:.1f}s; report: {path}")
     return 0

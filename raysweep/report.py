@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,7 @@ matplotlib.use("Agg")  # files only; no display on clusters or CI
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import LogFormatter
 
 from raysweep import scaling, store
 
@@ -73,22 +76,28 @@ def curves(results: pd.DataFrame):
 
 def fit_curve(curve: Curve, n_boot: int, seed: int) -> Curve:
     """Every law that applies, AIC's choice, and a bootstrap of the chosen law."""
-    _fit_laws(curve, seed)
+    _fit_laws([curve], seed)
     if curve.chosen and n_boot > 0:
         scaling.bootstrap(curve.best, n_boot)
     return curve
 
 
-def _fit_laws(curve: Curve, seed: int) -> Curve:
-    """Every law that applies and AIC's choice, without the bootstrap."""
-    # A seed per curve, stable across runs and machines, so no two curves share resamples.
-    seed = seed + zlib.crc32(json.dumps(curve.key, sort_keys=True, default=str).encode())
-    if curve.key["axis"] == "joint":
-        curve.fits = {"joint": scaling.fit_joint(*curve.xs, curve.y, seed=seed)}
-    else:
-        curve.fits = {law: scaling.fit(curve.xs[0], curve.y, law, seed=seed) for law in scaling.CURVE_LAWS}
-    curve.chosen = scaling.select(curve.fits)
-    return curve
+def _fit_laws(fitted: list[Curve], seed: int) -> list[Curve]:
+    """Every law that applies to every curve and AIC's choice, without the bootstrap; all point fits
+    go through one scaling.fit_many call (the same answers as curve by curve)."""
+    jobs, owners = [], []
+    for curve in fitted:
+        # A seed per curve, stable across runs and machines, so no two curves share resamples.
+        curve_seed = seed + zlib.crc32(json.dumps(curve.key, sort_keys=True, default=str).encode())
+        laws = ("joint",) if curve.key["axis"] == "joint" else scaling.CURVE_LAWS
+        for law in laws:
+            jobs.append((law, curve.xs, curve.y, None, curve_seed, 0.95))
+            owners.append((curve, law))
+    for (curve, law), result in zip(owners, scaling.fit_many(jobs)):
+        curve.fits[law] = result
+    for curve in fitted:
+        curve.chosen = scaling.select(curve.fits)
+    return fitted
 
 
 def rows_of(curve: Curve, holdout: bool | dict, target_eu: float | None) -> list[dict]:
@@ -144,15 +153,15 @@ def _holdouts_many(fitted: list[Curve]) -> list[dict]:
     """The holdout columns of every curve's chosen law. All refits are made first and bootstrapped
     together (scaling.bootstrap_many), with as many resamples as the chosen law's own bootstrap and
     the same seed; the answers are those of scaling.holdout curve by curve."""
-    refits = []  # (curve index, which, n_boot, split)
+    specs, owners = [], []  # (xs, y, law, drop, seed, level), (curve index, which, n_boot)
     for i, curve in enumerate(fitted):
         law = curve.best
         if law is None:
             continue
         for which, drop in _holdout_drops(curve):
-            split = scaling.holdout_refit(law.xs, law.y, law.law, drop, seed=law.seed, level=law.level)
-            if split is not None:
-                refits.append((i, which, 0 if law.boot is None else len(law.boot), split))
+            specs.append((law.xs, law.y, law.law, drop, law.seed, law.level))
+            owners.append((i, which, 0 if law.boot is None else len(law.boot)))
+    refits = [(*owner, split) for owner, split in zip(owners, scaling.holdout_refits(specs)) if split is not None]
     for n_boot in sorted({r[2] for r in refits if r[2] > 0}):
         scaling.bootstrap_many([r[3][0] for r in refits if r[2] == n_boot and r[3][0].ok], n_boot)
     out = [{} for _ in fitted]
@@ -164,31 +173,55 @@ def _holdouts_many(fitted: list[Curve]) -> list[dict]:
 
 
 def fit_all(results: pd.DataFrame, n_boot: int = 1000, seed: int = 0, holdout: bool = False,
-            target_eu: float | None = 0.01) -> tuple[pd.DataFrame, list[Curve]]:
-    """Fit every curve: point fits curve by curve, then the bootstraps of all chosen laws (and of all
-    holdout refits) in vectorised batches, one per law; the same answers as fit_curve one by one."""
-    fitted = [_fit_laws(curve, seed) for curve in curves(results)]
-    if n_boot > 0:
-        scaling.bootstrap_many([c.best for c in fitted if c.chosen], n_boot)
-    checks = _holdouts_many(fitted) if holdout else [{} for _ in fitted]
+            target_eu: float | None = 0.01, workers: int = 1) -> tuple[pd.DataFrame, list[Curve]]:
+    """Fit every curve: all point fits at once, then the bootstraps of all chosen laws (and of all
+    holdout refits) in vectorised batches, one per law; the same answers as fit_curve one by one.
+    workers > 1 splits the curves between that many processes (every curve's answer is the same:
+    no curve's fit depends on which others share its batch)."""
+    every = list(curves(results))
+    parts = in_parallel(_fit_part, [every[i::workers] for i in range(workers)], n_boot, seed, holdout)
+    fitted, checks = [None] * len(every), [None] * len(every)
+    for i, (part_fitted, part_checks) in enumerate(parts):
+        fitted[i::workers], checks[i::workers] = part_fitted, part_checks
     rows = [row for curve, check in zip(fitted, checks) for row in rows_of(curve, check, target_eu)]
     return pd.DataFrame(rows), fitted
+
+
+def _fit_part(part: list[Curve], n_boot: int, seed: int, holdout: bool):
+    fitted = _fit_laws(part, seed)
+    if n_boot > 0:
+        scaling.bootstrap_many([c.best for c in fitted if c.chosen], n_boot)
+    return fitted, _holdouts_many(fitted) if holdout else [{} for _ in fitted]
+
+
+def in_parallel(function, chunks: list, *args) -> list:
+    """[function(chunk, *args) for chunk in chunks], the first chunk in this process and each other
+    in a forked one. Fork, not spawn: a spawned process would spend seconds importing pandas,
+    matplotlib and lmfit again. Where fork is missing (Windows, some macOS setups) it runs serially."""
+    if len(chunks) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [function(chunk, *args) for chunk in chunks]
+    with ProcessPoolExecutor(len(chunks) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+        others = [pool.submit(function, chunk, *args) for chunk in chunks[1:]]
+        first = function(chunks[0], *args)
+        return [first] + [future.result() for future in others]
 
 
 # ---------------------------------------------------------------- writing
 
 def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep report", n_boot: int = 1000,
-          seed: int = 0, holdout: bool = False, target_eu: float | None = 0.01, plots: bool = True) -> Path:
-    """Refit everything from the store and write the report; returns the path of report.md."""
+          seed: int = 0, holdout: bool = False, target_eu: float | None = 0.01, plots: bool = True,
+          workers: int = 1) -> Path:
+    """Refit everything from the store and write the report; returns the path of report.md.
+    workers > 1 fits and plots in that many processes (the same report)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = store.load(results_dir).to_pandas()
     ok, failed = table[table["status"] == "ok"], table[table["status"] == "failed"]
-    fits, fitted = fit_all(ok, n_boot, seed, holdout, target_eu) if len(ok) else (pd.DataFrame(), [])
+    fits, fitted = fit_all(ok, n_boot, seed, holdout, target_eu, workers) if len(ok) else (pd.DataFrame(), [])
     fits.to_parquet(out_dir / "fits.parquet", index=False)
     fits.to_csv(out_dir / "fits.csv", index=False)
     (out_dir / "fits.json").write_text(fits.to_json(orient="records", indent=1))
-    figures = plot_all(ok, fitted, out_dir) if plots and len(ok) else []
+    figures = plot_all(ok, fitted, out_dir, workers) if plots and len(ok) else []
     lines = [f"# {title}", "", f"{ok['cell_id'].nunique()} cells finished, {failed['cell_id'].nunique()} failed.", ""]
     lines += markdown(fits, n_boot, target_eu)
     lines += [f"![{path.stem}]({path.name})" for path in figures] + [""]
@@ -328,59 +361,157 @@ def table(fits: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------- plots
 
-def plot_all(ok: pd.DataFrame, fitted: list[Curve], out_dir: Path) -> list[Path]:
-    """One figure per (metric, axis): a panel per split (ID 'test' first), methods as colours."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+
+
+def plot_all(ok: pd.DataFrame, fitted: list[Curve], out_dir: Path, workers: int = 1) -> list[Path]:
+    """One figure per (metric, axis): an ID panel and an OOD panel side by side, methods as colours,
+    the other variable (model size for curves against N, N for curves against P) as marker shapes,
+    one legend for both outside the panels. workers > 1 draws them in that many processes."""
+    jobs = figure_jobs(ok, fitted)
+    parts = in_parallel(_plot_part, [jobs[i::workers] for i in range(workers)], out_dir)
+    paths = [None] * len(jobs)
+    for i, part in enumerate(parts):
+        paths[i::workers] = part
+    return paths
+
+
+def _plot_part(jobs: list[tuple], out_dir: Path) -> list[Path]:
+    if not jobs:
+        return []
+    canvas = _Canvas(len(jobs[0][1]))
+    try:
+        return [canvas.draw(*job, out_dir) for job in jobs]
+    finally:
+        plt.close(canvas.fig)
+
+
+def figure_jobs(ok: pd.DataFrame, fitted: list[Curve]) -> list[tuple]:
+    """(chosen curves, splits, colours, axis, metric) of every figure plot_all draws."""
     splits = sorted(ok["split"].dropna().unique(), key=lambda s: (s != "test", s))
     methods = sorted(ok["method"].unique())
-    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
-    paths = []
+    palette = plt.cm.tab10 if len(methods) <= 10 else plt.cm.tab20
+    colours = {m: palette(i % palette.N) for i, m in enumerate(methods)}
+    jobs = []
     for axis in ("n", "params"):
         for metric in FIT_METRICS:
             chosen = [c for c in fitted if c.key["axis"] == axis and c.key["metric"] == metric]
             if chosen:
-                paths.append(_figure(chosen, splits, colours, axis, metric, out_dir))
-    return paths
+                jobs.append((chosen, splits, colours, axis, metric))
+    return jobs
 
 
-def _figure(chosen: list[Curve], splits, colours, axis: str, metric: str, out_dir: Path) -> Path:
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4), squeeze=False, sharey=True)
-    for ax, split in zip(axes[0], splits):
-        for curve in (c for c in chosen if c.key["split"] == split):
-            _draw(ax, curve, colours[curve.key["method"]])
-        kind = "ID" if split == "test" else "OOD"
-        ax.set(xscale="log", yscale="log", xlabel=X_LABEL[axis], title=f"{split} ({kind})")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    axes[0][0].set_ylabel(metric)
-    fig.suptitle(f"{metric} vs {X_LABEL[axis]}: points = seeds, circles = means, line = chosen law with "
-                 "its confidence band, dashed = extrapolation to 10×", fontsize=8)
-    # Fixed margins instead of tight_layout, which draws the whole figure once more to measure it.
-    fig.subplots_adjust(left=0.08 / len(splits) + 0.02, right=0.98, bottom=0.13, top=0.86, wspace=0.05)
-    path = out_dir / f"{metric}_vs_{axis}.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+def _where_value(curve: Curve):
+    value = curve.key["size"] if curve.key["axis"] == "n" else curve.key["at_n"]
+    return None if value is None or pd.isna(value) else int(value)
 
 
-def _draw(ax, curve: Curve, colour) -> None:
+class _Canvas:
+    """One figure and its panels, reused for every metric: matplotlib builds tick marks and
+    labels lazily, a few hundred objects per log axis, and building them again for each of ten
+    figures was a third of the plotting time."""
+
+    def __init__(self, panels: int):
+        self.width = 4.6 * panels + 2.2  # the legend gets its own column on the right
+        self.fig, axes = plt.subplots(1, panels, figsize=(self.width, 4), squeeze=False, sharey=True)
+        self.axes = axes[0]
+        for ax in self.axes:
+            ax.set(xscale="log", yscale="log")
+            for side in (ax.xaxis, ax.yaxis):  # plain numbers instead of mathtext powers of ten
+                side.set_major_formatter(_PlainLog())
+                side.set_minor_formatter(_PlainLog())
+        # Fixed margins instead of tight_layout, which draws the whole figure once more to measure it.
+        self.fig.subplots_adjust(left=0.5 / self.width + 0.02, right=1 - 2.2 / self.width, bottom=0.13,
+                                 top=0.88, wspace=0.05)
+
+    def clear(self) -> None:
+        for ax in self.axes:
+            for artist in [*ax.lines, *ax.collections, *ax.patches]:
+                artist.remove()
+            ax.relim()
+        for legend in list(self.fig.legends):
+            legend.remove()
+
+    def draw(self, chosen: list[Curve], splits, colours, axis: str, metric: str, out_dir: Path) -> Path:
+        self.clear()
+        wheres = sorted({_where_value(c) for c in chosen}, key=lambda v: (v is None, v or 0))
+        markers = {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(wheres)}
+        for ax, split in zip(self.axes, splits):
+            for curve in (c for c in chosen if c.key["split"] == split):
+                _draw(ax, curve, colours[curve.key["method"]], markers[_where_value(curve)])
+            kind = "ID" if split == "test" else "OOD"
+            ax.set(xlabel=X_LABEL[axis], title=f"{split} ({kind})")
+            ax.autoscale_view()
+        self.axes[0].set_ylabel(metric)
+        methods = sorted({c.key["method"] for c in chosen})
+        legend = self.fig.legend(handles=_legend_handles(methods, colours, wheres, markers, axis),
+                                 loc="center left", bbox_to_anchor=(1 - 2.1 / self.width, 0.5), fontsize=7,
+                                 frameon=False)
+        for text in legend.get_texts():
+            if text.get_text() in LEGEND_HEADERS.values():
+                text.set_fontweight("bold")
+        self.fig.suptitle(f"{metric} vs {X_LABEL[axis]}", fontsize=9)
+        path = out_dir / f"{metric}_vs_{axis}.png"
+        # Fastest zlib level: small line plots, and encoding was a tenth of the plotting time.
+        self.fig.savefig(path, dpi=80, pil_kwargs={"compress_level": 1})
+        return path
+
+
+LEGEND_HEADERS = {"method": "method", "n": "model size", "params": "N", "drawn": "drawn"}
+
+
+def _legend_handles(methods, colours, wheres, markers, axis: str) -> list:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    def header(text):
+        return Line2D([], [], ls="none", label=text)
+
+    handles = [header(LEGEND_HEADERS["method"])] + [Line2D([], [], color=colours[m], lw=2, label=m) for m in methods]
+    handles += [header(LEGEND_HEADERS[axis])]
+    handles += [Line2D([], [], ls="none", marker=markers[v], color="0.35", ms=5,
+                       label="none" if v is None else f"{v:,}") for v in wheres]
+    handles += [header(LEGEND_HEADERS["drawn"]), Line2D([], [], ls="none", marker=".", color="0.35", alpha=0.5, label="seeds"),
+                Line2D([], [], ls="none", marker="o", color="0.35", ms=5, label="mean over seeds"),
+                Line2D([], [], ls="none", marker="o", mfc="none", color="0.35", ms=5, label="mean, law unfit"),
+                Line2D([], [], color="0.35", label="chosen law"),
+                Line2D([], [], color="0.35", ls="--", label="extrapolation to 10×"),
+                Patch(color="0.35", alpha=0.2, label="95% confidence band")]
+    return handles
+
+
+class _PlainLog(LogFormatter):
+    """Log-axis tick labels as plain numbers (0.003, 250, 4k, 1.5M) on the ticks matplotlib's own
+    log formatter would label: easier to read than 10^x, and parsing mathtext was a large share
+    of the plotting time."""
+
+    def __call__(self, x, pos=None):
+        if not super().__call__(x, pos):
+            return ""
+        for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(x) >= limit:
+                return f"{x / limit:g}{suffix}"
+        return f"{x:g}"
+
+
+def _draw(ax, curve: Curve, colour, marker: str) -> None:
     x, y = curve.xs[0], curve.y
     keep = np.isfinite(x) & np.isfinite(y) & (y > 0)
     if not keep.any():
         return
     x, y = x[keep], y[keep]
-    ax.scatter(x, y, s=6, color=colour, alpha=0.35, lw=0)
+    ax.plot(x, y, ls="none", marker=".", ms=3, mew=0, color=colour, alpha=0.4)  # a Line2D: cheaper than scatter
     xs = np.unique(x)
     means = np.array([np.exp(np.mean(np.log(y[x == v]))) for v in xs])
-    label = f"{curve.key['method']} {_where(curve.key)}".strip()
     law = curve.best
     if law is None or not law.ok:
-        ax.plot(xs, means, "o", ms=4, mfc="none", color=colour, label=f"{label} (unfit)")
+        ax.plot(xs, means, ls="none", marker=marker, ms=4.5, mfc="none", color=colour)
         return
-    ax.plot(xs, means, "o", ms=4, color=colour, label=f"{label}: {law.law}")
-    inside, beyond = np.geomspace(xs.min(), xs.max(), 40), np.geomspace(xs.max(), 10 * xs.max(), 20)
-    ax.plot(inside, law.predict(inside), "-", color=colour, lw=1.2)
-    ax.plot(beyond, law.predict(beyond), "--", color=colour, lw=1.2)
+    ax.plot(xs, means, ls="none", marker=marker, ms=4.5, color=colour)
+    inside, beyond = np.geomspace(xs.min(), xs.max(), 30), np.geomspace(xs.max(), 10 * xs.max(), 15)
+    ax.plot(inside, law.predict(inside), "-", color=colour, lw=1.1)
+    ax.plot(beyond, law.predict(beyond), "--", color=colour, lw=1.1)
     grid = np.concatenate([inside, beyond])
     band = law.band(grid)
     if band is not None:
-        ax.fill_between(grid, band[0], band[1], color=colour, alpha=0.15, lw=0)
+        ax.fill(np.r_[grid, grid[::-1]], np.r_[band[0], band[1][::-1]], color=colour, alpha=0.12, lw=0)

@@ -98,3 +98,40 @@ def test_terminal_table_is_compact_and_has_intervals(written):
     lines = text.splitlines()
     assert len(lines) == 1 + 2 * 2 * 2 * 2  # header + (method x split x metric) x (largest size, joint)
     assert any("alpha = " in line and "[" in line for line in lines)
+
+
+def test_two_workers_give_the_same_fits_as_one(tmp_path):
+    write_store(tmp_path / "results")
+    table = store.load(tmp_path / "results").to_pandas()
+    one, _ = report.fit_all(table, n_boot=50, holdout=True, workers=1)
+    two, _ = report.fit_all(table, n_boot=50, holdout=True, workers=2)
+    pd.testing.assert_frame_equal(one, two)
+
+
+def test_a_reused_canvas_draws_each_figure_as_a_fresh_one(tmp_path):
+    """The canvas is cleared between metrics; nothing of the previous figure may show."""
+    write_store(tmp_path / "results")
+    table = store.load(tmp_path / "results").to_pandas()
+    _, fitted = report.fit_all(table, n_boot=20)
+    jobs = report.figure_jobs(table, fitted)
+    (tmp_path / "reused").mkdir()
+    (tmp_path / "fresh").mkdir()
+    report._plot_part(jobs, tmp_path / "reused")
+    for job in jobs:
+        report._plot_part([job], tmp_path / "fresh")
+    for path in (tmp_path / "fresh").iterdir():
+        assert path.read_bytes() == (tmp_path / "reused" / path.name).read_bytes(), path.name
+
+
+def test_log_axes_are_labelled_with_plain_numbers():
+    fig, ax = report.plt.subplots()
+    ax.set(xscale="log", yscale="log", xlim=(300, 2e6), ylim=(0.28, 0.33))  # y spans under a decade
+    for side in (ax.xaxis, ax.yaxis):
+        side.set_major_formatter(report._PlainLog())
+        side.set_minor_formatter(report._PlainLog())
+    fig.canvas.draw()
+    x_labels = [t.get_text() for t in ax.get_xticklabels() if 300 <= t.get_position()[0] <= 2e6]
+    y_labels = [t.get_text() for t in ax.get_yticklabels(minor=True) if 0.28 <= t.get_position()[1] <= 0.33]
+    report.plt.close(fig)
+    assert x_labels == ["1k", "10k", "100k", "1M"]
+    assert y_labels == ["0.28", "0.29", "0.3", "0.31", "0.32", "0.33"]
