@@ -187,6 +187,7 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
+    from raysweep import ray_train
     from raysweep.trial import StoreCallback, trainable
 
     started = time.time()
@@ -202,17 +203,26 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
     else:
         start_local_ray(dashboard=args.dashboard)
     resources = experiment.resources
+    # Only on the embedded local Ray: a cluster's autoscaler may still add the nodes a Train run needs.
+    if not args.address and (problem := ray_train.unplaceable(todo, resources.cpus, resources.gpus,
+                                                               ray.cluster_resources())):
+        ray.shutdown()
+        raise LaunchError(problem)
     slots = parallel_slots(resources, args.max_concurrent)
     per_trial = args.cells_per_trial or auto_cells_per_trial(len(todo), slots, resources.gpus)
-    chunks = chunk_cells(todo, per_trial, slots)
+    batchable = [cell for cell in todo if not ray_train.uses_workers(cell)]
+    chunks = ray_train.chunks_of_their_own(todo) + (chunk_cells(batchable, per_trial, slots) if batchable else [])
     print(f"[raysweep] {len(chunks)} trial(s) of up to {max(map(len, chunks))} cell(s) on {slots} slot(s)", flush=True)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": resources.cpus, "gpu": resources.gpus}),
+        tune.with_resources(trainable, lambda config: ray_train.trial_resources(config["chunk"], resources.cpus,
+                                                                                resources.gpus)),
         param_space={"chunk": tune.grid_search(chunks), "cpus": resources.cpus, "gpus": resources.gpus},
         tune_config=tune.TuneConfig(
             # Small cells would otherwise pay for a fresh worker process each (DESIGN.md §6).
             reuse_actors=True,
-            max_concurrent_trials=args.max_concurrent,
+            # Drivers of Train runs take almost no CPU: without a limit Tune would start a driver for
+            # every such cell at once, each waiting for workers (Ray's Train+Tune guide).
+            max_concurrent_trials=args.max_concurrent or (slots if len(batchable) < len(todo) else None),
             trial_name_creator=lambda trial: chunk_label(trial.config["chunk"]),
             trial_dirname_creator=lambda trial: chunk_dirname(trial.config["chunk"], trial.trial_id),
         ),

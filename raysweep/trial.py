@@ -14,7 +14,7 @@ import ray
 import torch
 from ray import tune
 
-from raysweep import store
+from raysweep import ray_train, store
 from raysweep.cell import run_chunk
 from raysweep.experiment import cell_label
 
@@ -31,6 +31,11 @@ class CellsFailed(RuntimeError):
 
 def trainable(config: dict) -> None:
     """One Tune trial = a chunk of cells. Threads follow the CPUs Ray granted; rows go back via tune.report."""
+    if ray_train.uses_workers(config["chunk"][0]):  # a chunk of its own: this trial drives a Train run
+        cell = config["chunk"][0]
+        if cell["cell_id"] not in config.get("skip", ()):
+            ray_train.run_cell_on_workers(cell, config["cpus"], config["gpus"])
+        return
     torch.set_num_threads(max(1, int(config["cpus"])))
     device = "cuda" if config.get("gpus", 0) > 0 and torch.cuda.is_available() else "cpu"
     # The node id is recorded so that a result can be traced to its machine.

@@ -91,3 +91,36 @@ def test_bad_deepspeed_options_are_refused_before_any_work(root, options, messag
     e = E.apply_overrides(e, [f"methods.ensemble.{k}={v}" for k, v in vars(options).items()])
     with pytest.raises(E.ExperimentError, match=message):
         e.validate()
+
+
+def test_a_sweep_trains_deepspeed_members_on_ray_train_workers_inside_tune(root, tmp_path):
+    """The whole path: Tune trial (driver) → Ray Train run of 2 gloo workers → DeepSpeed ZeRO-2 members
+    sharded over both → rows back through Tune into the store. Compared with the same cells run in
+    this process on one worker: the same global batches, so the same members and metrics."""
+    from raysweep import store
+    from raysweep.launch import main
+
+    # Two workers of 0.9 CPU: with the driver's sliver they fit the 2 CPUs of a small CI machine.
+    overrides = ["grid.methods=ensemble", "methods.ensemble.engine=deepspeed", "methods.ensemble.zero_stage=2",
+                 "methods.ensemble.workers_per_member=2", "resources.cpus=0.9"]
+    args = [str(root / "experiments" / "lm.py"), "--smoke", "--output", str(tmp_path), "--no-dashboard"]
+    assert main(args + [item for o in overrides for item in ("--set", o)]) == 0
+
+    table = store.load(store.results_dir(tmp_path, "lm")).to_pandas()
+    assert len(table) == 2 * 2 and (table["status"] == "ok").all() and table["node"].notna().all()
+    e = E.apply_overrides(E.smoke(E.load(root / "experiments" / "lm.py")), overrides)
+    for cell in E.cells(e):
+        alone = {row["split"]: row for row in run_cell(cell, ignore)}
+        for _, row in table[table["cell_id"] == cell["cell_id"]].iterrows():
+            assert row["epistemic"] == pytest.approx(alone[row["split"]]["epistemic"], rel=1e-3)
+            assert row["nll"] == pytest.approx(alone[row["split"]]["nll"], rel=1e-4)
+
+
+def test_a_train_run_that_can_never_fit_the_cluster_is_refused_before_it_waits_forever(root, tmp_path, capsys):
+    from raysweep.launch import main
+
+    overrides = ["grid.methods=ensemble", "methods.ensemble.engine=deepspeed", "methods.ensemble.workers_per_member=64"]
+    args = [str(root / "experiments" / "lm.py"), "--smoke", "--output", str(tmp_path), "--no-dashboard"]
+    assert main(args + [item for o in overrides for item in ("--set", o)]) == 2
+    assert "methods.ensemble.workers_per_member=64 with resources.cpus=1, resources.gpus=0 needs 64.05 CPU" \
+        in capsys.readouterr().err
