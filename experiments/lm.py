@@ -3,7 +3,8 @@
 Local default (CPU, minutes): byte-level modelling of CPython's English documentation, OOD =
 CPython's own Python source, GPT-2 models of three widths, 4-member deep ensembles and MC dropout.
 
-Full scale (a GPU cluster; RAYSWEEP_SCALE=full): TinyStories with the GPT-2 tokenizer, N from 2^22 to
+Full scale (a GPU cluster; RAYSWEEP_SCALE=full): ensemble members trained with DeepSpeed ZeRO-2 in
+bf16 on Ray Train workers, TinyStories with the GPT-2 tokenizer, N from 2^22 to
 2^30 tokens (9 values) x 6 widths x 2 methods x 3 seeds = 324 cells. Each cell reports its own
 parameter count P, so the report fits laws in N at each width and in P at each N.
 """
@@ -35,12 +36,15 @@ local = Experiment(
 full = replace(
     local,
     task=Text(source="hf:roneneldan/TinyStories", tokenizer="gpt2", context=512),
-    model=GPT(n_embd=768, n_layer=12, head_dim=64),
+    # Members one at a time with DeepSpeed ZeRO-2 in bf16 (benchmarks/RESULTS-deepspeed.md), so the
+    # fused SDPA attention replaces the eager one that only the vectorised engine needs.
+    model=GPT(n_embd=768, n_layer=12, head_dim=64, attention="sdpa"),
     grid=replace(local.grid, n=tuple(2**k for k in range(22, 31)), sizes=(128, 256, 384, 512, 768, 1024),
                  seeds=(0, 1, 2)),
     train=Train(epochs=1, min_steps=2_000, batch_size=32, lr=6e-4),
     eval=Eval(max_examples=1_000_000),
     resources=Resources(cpus=8, gpus=1),
+    methods=replace(local.methods, ensemble=ensemble.Options(members=4, engine="deepspeed", zero_stage=2)),
 )
 
 experiment = full if os.environ.get("RAYSWEEP_SCALE") == "full" else local

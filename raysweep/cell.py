@@ -19,7 +19,7 @@ from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions
 from raysweep.methods.training import TrainingDiverged, epochs_for
-from raysweep.models import MODELS, count_parameters
+from raysweep.models import MODELS, parameter_count
 from raysweep.tasks import TASKS
 
 Report = Callable[[list[dict]], None]
@@ -41,7 +41,7 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
     task = TASKS[task_config.pop("name")](**task_config)
     data = task.load(cell["n"], cell["seed"], cell["ood"], cell["eval"]["max_examples"])
     model = _model(cell)
-    params = count_parameters(model.build(data.input_dim, data.output_dim)) if model else data.input_dim
+    params = parameter_count(model, data.input_dim, data.output_dim) if model else data.input_dim
     base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params}
 
     def on_epoch(epoch: int, loss: float) -> None:

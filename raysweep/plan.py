@@ -17,7 +17,7 @@ import torch
 
 from raysweep.experiment import Experiment, cell_label, cells
 from raysweep.methods.training import epochs_for
-from raysweep.models import MODELS, count_parameters
+from raysweep.models import MODELS, parameter_count
 
 # Sustained throughput assumed for GPU-hours: 40% of an H100's dense bf16 peak (989 TFLOP/s).
 ASSUMED_FLOPS_PER_SECOND = 0.4 * 989e12
@@ -69,8 +69,7 @@ def _task_dims(experiment: Experiment) -> tuple[int, int, int, int]:
 def _parameters(model_config: dict, input_dim: int, output_dim: int) -> int:
     config = dict(model_config)
     model = MODELS[config.pop("name")](**config)
-    with torch.device("meta"):  # count without allocating: works for models larger than memory
-        return count_parameters(model.build(input_dim, output_dim))
+    return parameter_count(model, input_dim, output_dim)
 
 
 def _networks_and_samples(cell: dict) -> tuple[int, int]:

@@ -38,7 +38,8 @@ def unsupported(task) -> str | None:
 
 def unsupported_model(model) -> str | None:
     """MC dropout needs a network that puts dropout layers in when asked to."""
-    network = model.build(4, 2, dropout=0.5)
+    with torch.device("meta"):  # only the structure matters: nothing allocated or initialised
+        network = model.build(4, 2, dropout=0.5)
     if not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in network.modules()):
         return (f"MC dropout needs dropout layers, but model {model!r} built with dropout=0.5 has none; "
                 f"use a model whose build() adds nn.Dropout (e.g. raysweep.models.mlp.MLP)")

@@ -22,3 +22,10 @@ MODELS = {
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def parameter_count(model, input_dim: int, output_dim: int) -> int:
+    """P of the network `model` builds, counted on the meta device: nothing is allocated or initialised
+    (initialising a GPT-2-XL on a CPU just to count it takes tens of seconds)."""
+    with torch.device("meta"):
+        return count_parameters(model.build(input_dim, output_dim))
