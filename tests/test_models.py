@@ -119,3 +119,26 @@ def test_experiment_validation_refuses_shapes_that_do_not_fit():
     with pytest.raises(E.ExperimentError, match=r"more than model.max_patches=16"):
         E.Experiment(name="t", task=Digits(as_images=True), model=ViT(patch=1, max_patches=16),
                      grid=replace(grid, sizes=(16,))).validate()
+
+
+def test_gpt_pretrained_path_loads_local_weights_and_counts_them_without_loading(tmp_path):
+    """Fine-tuning studies start from from_pretrained(folder): the weights must be the saved ones, with
+    the output layer untied into its own copy, and P counted on the meta device must match."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from raysweep.models import parameter_count
+    from raysweep.models.gpt import GPT
+
+    torch.manual_seed(0)
+    saved = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    saved.save_pretrained(tmp_path / "tiny-gpt2")
+    model = GPT(pretrained=str(tmp_path / "tiny-gpt2"))
+    network = model.build(64, 256)
+
+    ids = torch.randint(0, 256, (2, 16))
+    torch.testing.assert_close(network(ids), saved.eval()(input_ids=ids).logits)
+    head, embedding = network.model.lm_head.weight, network.model.transformer.wte.weight
+    assert head.data_ptr() != embedding.data_ptr() and torch.equal(head, embedding)
+    assert parameter_count(model, 64, 256) == count_parameters(network) == count_parameters(saved) + 256 * 32
+    with pytest.raises(ValueError, match="has context 64 and vocabulary 256; the task needs context >= 128"):
+        model.build(128, 256)

@@ -41,7 +41,13 @@ class GPT:
         """input_dim: the context length (tokens per sequence); output_dim: the vocabulary size."""
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        if self.pretrained:
+        if self.pretrained and torch.get_default_device().type == "meta":
+            # Counting parameters or checking structure (nothing is allocated): the config is enough, and
+            # from_pretrained refuses to run on the meta device.
+            model = GPT2LMHeadModel(GPT2Config.from_pretrained(self.pretrained, tie_word_embeddings=False,
+                                                               resid_pdrop=dropout, embd_pdrop=dropout,
+                                                               attn_pdrop=dropout, attn_implementation=self.attention))
+        elif self.pretrained:
             model = GPT2LMHeadModel.from_pretrained(self.pretrained, resid_pdrop=dropout, embd_pdrop=dropout,
                                                     attn_pdrop=dropout, attn_implementation=self.attention)
             _untie_output_embedding(model)
