@@ -59,17 +59,19 @@ class Clock:
     def __init__(self):
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
+        self.spans: dict[str, tuple[float, float]] = {}  # label -> (first start, last end), epoch seconds
 
     def wrap(self, owner, name: str, label: str):
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start, wall_start = time.perf_counter(), time.time()
             try:
                 return original(*args, **kwargs)
             finally:
                 self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
                 self.calls[label] = self.calls.get(label, 0) + 1
+                self.spans[label] = (self.spans.get(label, (wall_start,))[0], time.time())
 
         setattr(owner, name, timed)
 
@@ -83,7 +85,8 @@ def plain_trainable(config: dict) -> None:
 
     torch.set_num_threads(1)
     rows = run_cell(config["cell"], lambda rows: None)
-    tune.report({"wall_time_s": max(row["wall_time_s"] for row in rows), "status": rows[-1]["status"]})
+    tune.report({"wall_time_s": max(row["wall_time_s"] for row in rows), "status": rows[-1]["status"],
+                 "start_ns": int(rows[0]["attempt"].split("-")[0])})
 
 
 def run_raysweep(out: Path, flags: list[str], overrides: list[str]) -> dict:
@@ -121,8 +124,19 @@ def run_raysweep(out: Path, flags: list[str], overrides: list[str]) -> dict:
             failed[cell_id] = (error or "")[-300:]
         per_cell[cell_id] = max(per_cell.get(cell_id, 0.0), wall or 0.0)
     epoch_rows = store.load(store.results_dir(out, "sweep_overhead"), kind="epoch").num_rows
+    starts = {cell_id: int(attempt.split("-")[0]) / 1e9
+              for cell_id, attempt in zip(*(table.column(c).to_pylist() for c in ("cell_id", "attempt")))}
     return {"wall_s": wall_s, "work_s": sum(per_cell.values()), "cells": len(per_cell), "failed": failed,
-            "epoch_rows": epoch_rows, "seconds": clock.seconds, "calls": clock.calls}
+            "epoch_rows": epoch_rows, "seconds": clock.seconds, "calls": clock.calls,
+            "timeline": timeline(clock.spans["Tuner.fit"], [(starts[c], starts[c] + per_cell[c]) for c in per_cell])}
+
+
+def timeline(fit: tuple[float, float], cells: list[tuple[float, float]]) -> dict:
+    """Tuner.fit split by the cells' own clocks: until the first cell starts (Tune set-up, worker
+    start and imports), while cells run (how busy the slots are), after the last cell ends."""
+    first, last = min(start for start, _ in cells), max(end for _, end in cells)
+    busy = sum(end - start for start, end in cells) / (os.cpu_count() * (last - first))
+    return {"before_first_cell_s": first - fit[0], "slots_busy": busy, "after_last_cell_s": fit[1] - last}
 
 
 def run_tune(out: Path, reuse: bool, limit: int | None, overrides: list[str]) -> dict:
@@ -142,17 +156,20 @@ def run_tune(out: Path, reuse: bool, limit: int | None, overrides: list[str]) ->
         tune_config=tune.TuneConfig(reuse_actors=reuse),
         run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=0),
     )
-    fit_started = time.perf_counter()
+    fit_started, fit_wall_start = time.perf_counter(), time.time()
     results = tuner.fit()
     fit_s = time.perf_counter() - fit_started
+    fit_span = (fit_wall_start, time.time())
     shutdown_started = time.perf_counter()
     ray.shutdown()
     shutdown_s = time.perf_counter() - shutdown_started
     wall_s = time.perf_counter() - started
     frame = results.get_dataframe()
     assert len(frame) == len(cells) and (frame["status"] == "ok").all(), "some plain-Tune trials failed"
+    cells = [(start / 1e9, start / 1e9 + wall) for start, wall in zip(frame["start_ns"], frame["wall_time_s"])]
     return {"wall_s": wall_s, "work_s": float(frame["wall_time_s"].sum()), "cells": len(frame),
-            "seconds": {"ray.init": init_s, "Tuner.fit": fit_s, "ray.shutdown": shutdown_s}, "calls": {}}
+            "seconds": {"ray.init": init_s, "Tuner.fit": fit_s, "ray.shutdown": shutdown_s}, "calls": {},
+            "timeline": timeline(fit_span, cells)}
 
 
 def run_one(variant: str, limit: int | None, overrides: list[str]) -> dict:
@@ -242,6 +259,11 @@ def report(runs: dict[str, list[dict]], slots: int) -> None:
         fixed = [r["seconds"].get("ray.init", 0) + r["seconds"].get("ray.shutdown", 0) for r in results]
         steady = [r["seconds"]["Tuner.fit"] / r["ideal_s"] for r in results]
         print(f"  {variant:17s} fixed {summary(fixed)};  fit/ideal {summary(steady)}")
+    print("\ninside Tuner.fit (medians): until the first cell starts; slots busy while cells run; after the last cell:")
+    for variant, results in runs.items():
+        t = {key: statistics.median(r["timeline"][key] for r in results) for key in results[0]["timeline"]}
+        print(f"  {variant:17s} {t['before_first_cell_s']:6.2f} s;  {100 * t['slots_busy']:5.1f} %;  "
+              f"{t['after_last_cell_s']:6.2f} s")
     print("\nratios of median wall/ideal:")
     med = {v: statistics.median(r["ratio"] for r in rs) for v, rs in runs.items()}
     for a, b in (("raysweep", "tune-reuse"), ("raysweep", "raysweep-1"), ("raysweep-1", "tune-reuse"),

@@ -22,6 +22,8 @@ QUICK_BOOT = 200
 # Batching small cells (see auto_cells_per_trial): trials per parallel slot, and the most cells per trial.
 TRIALS_PER_SLOT = 5
 MAX_AUTO_CELLS_PER_TRIAL = 10
+# The dashboard's three extra processes cost a 100-cell sweep ~7 s on 2 CPUs (benchmarks/RESULTS.md §1).
+SMALL_MACHINE_CPUS = 4
 
 
 class LaunchError(RuntimeError):
@@ -45,8 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="run up to K cells one after another in each Tune trial, so small cells share its "
                              "start-up cost (default: automatic, ~5 trials per parallel slot and at most "
                              f"{MAX_AUTO_CELLS_PER_TRIAL} cells per trial; 1 for GPU cells)")
-    parser.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
-                        help="start the Ray dashboard (local runs; default: on)")
+    parser.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None,
+                        help="start the Ray dashboard (local runs; default: on, except on machines of "
+                             f"{SMALL_MACHINE_CPUS} CPUs or fewer, where its processes slow the sweep)")
     parser.add_argument("--plan", action="store_true", help="print the grid, cells, FLOPs and GPU-hours; run nothing")
     args = parser.parse_args(argv)
     for option, value in (("--max-concurrent", args.max_concurrent), ("--cells-per-trial", args.cells_per_trial)):
@@ -104,6 +107,18 @@ def main(argv=None) -> int:
     path = report.write(results, root / "report", title=f"raysweep report: {experiment.name}", n_boot=QUICK_BOOT)
     print(f"[raysweep] report: {path}")
     return 0
+
+
+def wants_dashboard(flag: bool | None, cpus: int | None = None) -> bool:
+    """--dashboard / --no-dashboard if given, else on unless the machine is small."""
+    if flag is not None:
+        return flag
+    cpus = cpus or os.cpu_count() or 1
+    if cpus <= SMALL_MACHINE_CPUS:
+        print(f"[raysweep] Ray dashboard off on this {cpus}-CPU machine (it slows small sweeps); "
+              f"--dashboard turns it on", flush=True)
+        return False
+    return True
 
 
 def start_local_ray(dashboard: bool):
@@ -201,7 +216,7 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
                 f"{root}, a folder on this node only; pass --storage s3://BUCKET/PATH (or gs://..., or a "
                 f"filesystem shared by every node), or set RAYSWEEP_STORAGE")
     else:
-        start_local_ray(dashboard=args.dashboard)
+        start_local_ray(dashboard=wants_dashboard(args.dashboard))
     resources = experiment.resources
     # Only on the embedded local Ray: a cluster's autoscaler may still add the nodes a Train run needs.
     if not args.address and (problem := ray_train.unplaceable(todo, resources.cpus, resources.gpus,

@@ -7,7 +7,7 @@ import torch
 from raysweep import experiment as E
 from raysweep import store
 from raysweep.cell import run_cell
-from raysweep.launch import auto_cells_per_trial, chunk_cells, chunk_label, main
+from raysweep.launch import auto_cells_per_trial, chunk_cells, chunk_label, main, parse_args, wants_dashboard
 
 from conftest import EXPERIMENTS
 
@@ -112,3 +112,9 @@ def test_chunked_cells_give_one_file_each_and_the_rows_of_cells_run_alone(root, 
     epochs = store.load(results, kind="epoch").to_pandas()[["cell_id", "epoch", "loss"]].sort_values(["cell_id", "epoch"])
     expected = pd.DataFrame(alone_epochs)[["cell_id", "epoch", "loss"]].sort_values(["cell_id", "epoch"])
     pd.testing.assert_frame_equal(epochs.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False, check_exact=True)
+
+
+@pytest.mark.parametrize("argv, cpus, expected", [([], 2, False), ([], 4, False), ([], 16, True),
+                                                   (["--dashboard"], 2, True), (["--no-dashboard"], 16, False)])
+def test_the_dashboard_is_off_by_default_only_on_small_machines(argv, cpus, expected):
+    assert wants_dashboard(parse_args(["experiment.py", *argv]).dashboard, cpus=cpus) is expected
