@@ -20,11 +20,12 @@ machine is shared:
 
     raysweep          python -m raysweep.launch <grid> --output <tmp>, defaults: cells batched per
                       trial (automatic: 10 per trial on 2 slots), store callback, JSON logger, rows
-                      sent at most once a second, dashboard on (as a user runs it).
+                      sent at most once a second, dashboard off on <= 4 CPUs (as a user runs it).
     raysweep-1        the same with --cells-per-trial 1: one Tune trial per cell (before batching).
-    raysweep-nodash   the same as raysweep with --no-dashboard (does the dashboard cost time?).
+    raysweep-dash     the same as raysweep with --dashboard (what the dashboard costs).
     tune-reuse        plain Ray Tune: a minimal function trainable calling run_cell with no store and
-                      reporting once, TuneConfig(reuse_actors=True), Tune's default loggers.
+                      reporting once, TuneConfig(reuse_actors=True), Tune's default loggers, a plain
+                      ray.init() (which starts the dashboard: Ray's default).
     tune-defaults     the same with Tune's defaults (a fresh worker per trial). Slow (~3-4x ideal):
                       only with --defaults, once, on the first 30 cells (--defaults-cells 100 for all).
 
@@ -46,8 +47,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ROOT / "benchmarks" / "sweep_experiment.py"
-VARIANTS = ("raysweep", "raysweep-1", "raysweep-nodash", "tune-reuse", "tune-defaults")
-RAYSWEEP_FLAGS = {"raysweep": [], "raysweep-1": ["--cells-per-trial", "1"], "raysweep-nodash": ["--no-dashboard"]}
+VARIANTS = ("raysweep", "raysweep-1", "raysweep-dash", "tune-reuse", "tune-defaults")
+RAYSWEEP_FLAGS = {"raysweep": [], "raysweep-1": ["--cells-per-trial", "1"], "raysweep-dash": ["--dashboard"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def summary(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--variants", default="raysweep,raysweep-1,raysweep-nodash,tune-reuse",
+    parser.add_argument("--variants", default="raysweep,raysweep-1,raysweep-dash,tune-reuse",
                         help="comma-separated variants interleaved every repeat (default: all but tune-defaults)")
     parser.add_argument("--defaults", action="store_true", help="also run the slow tune-defaults variant")
     parser.add_argument("--defaults-repeats", type=int, default=1, help="runs of tune-defaults (default 1)")
@@ -267,7 +268,7 @@ def report(runs: dict[str, list[dict]], slots: int) -> None:
     print("\nratios of median wall/ideal:")
     med = {v: statistics.median(r["ratio"] for r in rs) for v, rs in runs.items()}
     for a, b in (("raysweep", "tune-reuse"), ("raysweep", "raysweep-1"), ("raysweep-1", "tune-reuse"),
-                 ("raysweep-nodash", "raysweep"), ("raysweep", "tune-defaults")):
+                 ("raysweep-dash", "raysweep"), ("raysweep", "tune-defaults")):
         if a in med and b in med:
             print(f"  {a} / {b}: {med[a] / med[b]:.3f}")
     print("\nper-cell overhead (wall - ideal) x slots / cells, median seconds:")
