@@ -515,26 +515,31 @@ def refit_many(law: Law, xs, Y, W, start, low, high, iterations: int = 100, segm
 
 
 # How refit_many stops (see _Rows.step): a step under STEP_TOL relative, an accepted step whose
-# actual and predicted fall in cost are under COST_TOL of the cost (MINPACK's tests, 100x stricter
-# than lmfit's defaults), no step helping at any damping, a cost that fell by under `plateau` of
-# itself in PLATEAU_STEPS steps, or the iteration cap. Bootstrap rows: 100 steps and a plateau of
-# 1e-6; point fits: 1000 steps and 1e-9, so that lmfit, started there, agrees in a few evaluations.
-STEP_TOL, COST_TOL, PLATEAU_STEPS = 1e-10, 1e-12, 10
+# actual and predicted fall in cost are under COST_TOL of the cost (MINPACK's tests; lmfit's
+# defaults are 1.5e-8 for both), no step helping at any damping, a cost that fell by under
+# `plateau` of itself in PLATEAU_STEPS steps, or the iteration cap. Bootstrap rows: 100 steps and
+# a plateau of 1e-6; point fits: 1000 steps and 1e-9, so that lmfit, started there, agrees in a
+# few evaluations.
+STEP_TOL, COST_TOL, PLATEAU_STEPS = 1e-8, 1e-10, 10
 BOOT_ITERATIONS, BOOT_PLATEAU = 100, 1e-6
 POINT_ITERATIONS, POINT_PLATEAU = 1000, 1e-9
 START_DAMPING = 1e-5
+CHOLESKY_ROWS = 256
 _TINY, _HUGE = 1e-300, 1e300  # an amplitude's log stays finite at the bounds 0 and inf
 
 
 class _Rows:
     """The rows refit_many is still moving, packed together so every array operation touches only
-    them; finished rows are dropped (keep) instead of masked, which would cost as much as moving."""
+    them; finished rows are dropped (keep) instead of masked, which would cost as much as moving.
+    The Cholesky solver is used from CHOLESKY_ROWS rows up, chosen once per call so that a
+    curve's rows take the same arithmetic whatever else is in the call."""
 
     def __init__(self, law, xs, log_xs, logY, W, u, low, high, segments):
         self.law, self.logs = law, np.array([p in law.scales for p in law.params])
         self.xs, self.log_xs, self.logY, self.W = xs, log_xs, logY, W
         self.u, self.low, self.high, self.segments = u.copy(), low, high, segments
         self.index = np.arange(len(u))
+        self.cholesky = len(u) >= CHOLESKY_ROWS
         self.r, self.J = self.residual_and_jacobian(self.u)
         self.cost = np.sum(self.r ** 2, axis=1)
         self.checkpoint = self.cost.copy()
@@ -542,18 +547,23 @@ class _Rows:
 
     def residual_and_jacobian(self, u):
         f, gradient = self.law.inner(self.xs, self.log_xs, *(u[:, [j]] for j in range(u.shape[1])))
+        J = np.empty(f.shape + (len(gradient),))  # d r / d u: (R, n, k), filled a column at a time
         with np.errstate(all="ignore"):
             r = self.W * (self.logY - np.log(f))
             scale = -self.W / f
-            J = np.stack([scale * g for g in gradient], -1)  # d r / d u: (R, n, k)
+            for j, column in enumerate(gradient):
+                np.multiply(column, scale, out=J[..., j])
         return r, J
 
     def step(self, plateau: float | None) -> np.ndarray:
         """One damped step for every row; returns the rows that are finished."""
-        step = _damped_step(self.J, self.r, self.damping, self.u, self.low, self.high, self.segments)
+        descent = -(self.r[:, None, :] @ self.J)[:, 0, :]  # -Jᵀr: (R, k)
+        JtJ = self.J.transpose(0, 2, 1) @ self.J  # (R, k, k)
+        step = _damped_step(JtJ, descent, self.damping, self.u, self.low, self.high, self.segments, self.cholesky)
         trial = np.clip(self.u + step, self.low, self.high)
         taken = trial - self.u
-        predicted = self.cost - np.sum((self.r + (self.J @ taken[..., None])[..., 0]) ** 2, axis=1)
+        # The fall in cost the linear model predicts: |r|² - |r + J h|² = 2 h·(-Jᵀr) - h·JᵀJ h
+        predicted = 2 * np.sum(taken * descent, axis=1) - np.sum(taken * (JtJ @ taken[..., None])[..., 0], axis=1)
         r_new, J_new = self.residual_and_jacobian(trial)
         cost_new = np.sum(r_new ** 2, axis=1)
         actual = self.cost - cost_new
@@ -568,8 +578,9 @@ class _Rows:
         done = np.all(np.abs(taken) <= STEP_TOL * scale, axis=1)
         done |= better & (actual <= COST_TOL * self.cost) & (np.abs(predicted) <= COST_TOL * self.cost)
         done |= ~better & (self.damping > 1e12)
-        self.u[better], self.r[better], self.J[better], self.cost[better] = \
-            trial[better], r_new[better], J_new[better], cost_new[better]
+        for kept, new, where in ((self.u, trial, better[:, None]), (self.r, r_new, better[:, None]),
+                                 (self.J, J_new, better[:, None, None]), (self.cost, cost_new, better)):
+            np.copyto(kept, new, where=where)
         if plateau is not None:
             # Rows of curves whose parameters the data determine converge in ~5-30 steps, before
             # this can trigger (on the benchmark store their intervals equal a 3000-step run's).
@@ -589,46 +600,78 @@ class _Rows:
         self.xs, self.log_xs = [x[rows] for x in self.xs], [x[rows] for x in self.log_xs]
 
 
-def _damped_step(J, r, damping, theta, low, high, segments):
+def _damped_step(JtJ, descent, damping, theta, low, high, segments, cholesky):
     """Marquardt's step, scaled by the diagonal of JᵀJ so that parameters of any size move alike,
     and kept inside the bounds. A parameter at a bound that the gradient pushes further out is held
     there; one whose step would cross a bound stops on it, and the others' step is solved again
     with it there (a clipped step alone is often worse than none, and the damping then grows for
     several iterations before anything moves)."""
-    descent = -(r[:, None, :] @ J)[:, 0, :]  # (R, k)
-    JtJ = J.transpose(0, 2, 1) @ J  # (R, k, k)
     held = ((theta <= low) & (descent < 0)) | ((theta >= high) & (descent > 0))
-    step = _solve_free(JtJ, descent, damping, ~held, segments)
+    step = _solve_free(JtJ, descent, damping, ~held, segments, cholesky)
     crossing = ~held & ((theta + step < low) | (theta + step > high))
     again = np.flatnonzero(crossing.any(axis=1))
     if len(again):
         to_bound = np.where(crossing[again], np.clip(theta[again] + step[again], low[again], high[again]) - theta[again], 0.0)
         rhs = descent[again] - (JtJ[again] @ to_bound[..., None])[..., 0]
         free = ~held[again] & ~crossing[again]
-        step[again] = _solve_free(JtJ[again], rhs, damping[again], free, segments[again]) + to_bound
+        step[again] = _solve_free(JtJ[again], rhs, damping[again], free, segments[again], cholesky) + to_bound
     return step
 
 
-def _solve_free(JtJ, descent, damping, free, segments):
-    """(JᵀJ + damping·diag(JᵀJ)) step = descent over the free parameters; the others do not move."""
-    free = free.astype(float)
-    JtJ = JtJ * free[:, :, None] * free[:, None, :]
-    scale = np.diagonal(JtJ, axis1=1, axis2=2)
+def _solve_free(JtJ, descent, damping, free, segments, cholesky):
+    """(JᵀJ + damping·diag(JᵀJ)) step = descent over the free parameters; the others do not move.
+    Where that matrix is singular in a row (a parameter with no effect), every row of that row's
+    curve takes the pseudo-inverse step, exactly as when the curve is refitted alone."""
+    k = JtJ.shape[2]
+    if free.all():
+        lhs, rhs = JtJ.copy(), descent
+    else:
+        weight = free.astype(float)
+        lhs, rhs = JtJ * weight[:, :, None] * weight[:, None, :], descent * weight
+    scale = np.diagonal(lhs, axis1=1, axis2=2)
     scale = np.maximum(scale, 1e-12 * scale.max(axis=1, keepdims=True) + 1e-30)
-    lhs = JtJ + (damping[:, None] * scale)[:, :, None] * np.eye(JtJ.shape[2])
-    rhs = (descent * free)[..., None]
-    lhs, rhs = np.nan_to_num(lhs), np.nan_to_num(rhs)
+    lhs[:, range(k), range(k)] += damping[:, None] * scale
+    if not (np.isfinite(lhs).all() and np.isfinite(rhs).all()):
+        lhs, rhs = np.nan_to_num(lhs), np.nan_to_num(rhs)
+    step, singular = _cholesky_solve(lhs, rhs) if cholesky else _lapack_solve(lhs, rhs)
+    if singular.any():
+        singular = np.isin(segments, segments[singular])
+        step[singular] = (np.linalg.pinv(lhs[singular]) @ rhs[singular][..., None])[..., 0]
+    return step
+
+
+def _lapack_solve(A, b):
     try:
-        return np.linalg.solve(lhs, rhs)[..., 0]
-    except np.linalg.LinAlgError:  # a parameter with no effect in some row: pseudo-inverse for its curve
-        singular = np.isin(segments, segments[np.linalg.det(lhs) == 0])
-        step = np.empty(rhs.shape[:2])
-        step[singular] = (np.linalg.pinv(lhs[singular]) @ rhs[singular])[..., 0]
-        try:
-            step[~singular] = np.linalg.solve(lhs[~singular], rhs[~singular])[..., 0]
-        except np.linalg.LinAlgError:
-            step[~singular] = (np.linalg.pinv(lhs[~singular]) @ rhs[~singular])[..., 0]
-        return step
+        return np.linalg.solve(A, b[..., None])[..., 0], np.zeros(len(A), dtype=bool)
+    except np.linalg.LinAlgError:  # singular somewhere: find where
+        return _cholesky_solve(A, b)
+
+
+def _cholesky_solve(A, b):
+    """Solve A x = b for a stack of small symmetric positive definite matrices, (R, k, k) and (R, k),
+    by Cholesky with the loops over k (at most 5) and the arithmetic across all R rows at once.
+    Hand-written because np.linalg.solve calls LAPACK once per 3x3 or 5x5 matrix, and for
+    thousands of rows that cost as much as the rest of an LM step (this is 2-3x faster from a few
+    hundred rows; below, its Python loop costs more: see CHOLESKY_ROWS). Returns x and the rows
+    whose factorisation broke down (a pivot that is not positive: the matrix is singular there)."""
+    k = A.shape[1]
+    A, b = np.ascontiguousarray(A.transpose(1, 2, 0)), np.ascontiguousarray(b.T)  # each entry an (R,) run
+    L = [[None] * k for _ in range(k)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for j in range(k):
+            pivot = A[j, j] - sum((L[j][m] ** 2 for m in range(j)), np.zeros_like(A[j, j]))
+            L[j][j] = np.sqrt(np.maximum(pivot, 0))
+            for i in range(j + 1, k):
+                L[i][j] = (A[i, j] - sum((L[i][m] * L[j][m] for m in range(j)), np.zeros_like(A[i, j]))) / L[j][j]
+        y = [None] * k
+        for i in range(k):  # L y = b
+            y[i] = (b[i] - sum((L[i][m] * y[m] for m in range(i)), np.zeros_like(b[i]))) / L[i][i]
+        x = [None] * k
+        for i in reversed(range(k)):  # Lᵀ x = y
+            x[i] = (y[i] - sum((L[m][i] * x[m] for m in range(i + 1, k)), np.zeros_like(y[i]))) / L[i][i]
+    x = np.stack(x, 1)
+    singular = ~np.all(np.stack([L[j][j] for j in range(k)], 1) > 0, axis=1) | ~np.all(np.isfinite(x), axis=1)
+    return x, singular
 
 
 # ---------------------------------------------------------------- using the fits
