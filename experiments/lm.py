@@ -1,7 +1,8 @@
 """The flagship: how the uncertainty of small GPT-2 language models scales with tokens and width.
 
-Local default (CPU, ~5-11 minutes on 2 cores; 24 cells): byte-level modelling of CPython's English documentation, OOD =
-CPython's own Python source, GPT-2 models of three widths, 4-member deep ensembles and MC dropout.
+Local default (CPU; 24 cells, 11 minutes on a busy 2-core machine): byte-level modelling of CPython's
+English documentation, OOD = CPython's own Python source, GPT-2 models of three widths, 4-member deep
+ensembles and MC dropout.
 
 Full scale (a GPU cluster; RAYSWEEP_SCALE=full): ensemble members trained with DeepSpeed ZeRO-2 in
 bf16 on Ray Train workers, TinyStories with the GPT-2 tokenizer, N from 2^22 to
@@ -29,7 +30,7 @@ local = Experiment(
         ood=("python_source",),
     ),
     # Every local cell trains for the same 100 steps (all N here are under 100 steps' worth of
-    # tokens): N alone changes, not the compute, and a cell takes well under a minute on 2 cores.
+    # tokens): N alone changes, not the compute; a cell takes 15-90 s on one busy core.
     train=Train(epochs=1, min_steps=100, batch_size=32, lr=3e-3),
     eval=Eval(max_examples=8_192),  # tokens per evaluation set
     methods=MethodOptions(ensemble=ensemble.Options(members=4), dropout=dropout.Options(rate=0.1, samples=8)),
