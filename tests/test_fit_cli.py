@@ -27,6 +27,17 @@ def test_cli_is_deterministic(tmp_path):
     pd.testing.assert_frame_equal(first, pd.read_parquet(tmp_path / "report" / "fits.parquet"))
 
 
+def test_two_workers_write_the_same_report_as_one(tmp_path):
+    write_store(tmp_path / "results")
+    fit.main([str(tmp_path), "--holdout", "--boot", "50", "--workers", "1"])
+    one = {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()}
+    fit.main([str(tmp_path), "--holdout", "--boot", "50", "--workers", "2"])
+    two = {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()}
+    assert sorted(one) == sorted(two) and sum(name.endswith(".png") for name in one) == 4
+    for name in one:  # tables, markdown and every figure, byte for byte
+        assert one[name] == two[name], name
+
+
 def test_cli_without_a_store_says_what_it_expected(tmp_path, capsys):
     assert fit.main([str(tmp_path)]) == 2
     assert f"no results store in {tmp_path}" in capsys.readouterr().err

@@ -171,13 +171,14 @@ def test_unknown_law_is_refused():
         scaling.fit([1, 2, 3], [1, 2, 3], "cubic")
 
 
-def test_batched_bootstrap_equals_each_curve_alone():
+@pytest.mark.parametrize("n_boot", [50, 300])  # below and above scaling.CHOLESKY_ROWS
+def test_batched_bootstrap_equals_each_curve_alone(n_boot):
     fits = [scaling.fit(N, noisy(5.0 * N ** -0.8 + 0.004 * k, 0.02, seed=k), "saturating", seed=k) for k in (1, 2, 3)]
-    alone = [scaling.bootstrap(scaling.fit(N, noisy(5.0 * N ** -0.8 + 0.004 * k, 0.02, seed=k), "saturating", seed=k), 50)
+    alone = [scaling.bootstrap(scaling.fit(N, noisy(5.0 * N ** -0.8 + 0.004 * k, 0.02, seed=k), "saturating", seed=k), n_boot)
              for k in (1, 2, 3)]
-    scaling.bootstrap_many(fits, 50)
+    scaling.bootstrap_many(fits, n_boot)
     for together, one in zip(fits, alone):
-        np.testing.assert_allclose(together.boot, one.boot, rtol=1e-9)
+        np.testing.assert_array_equal(together.boot, one.boot)
 
 
 @pytest.mark.parametrize("name", ["power", "saturating", "offset"])
