@@ -11,10 +11,11 @@ from raysweep.cell import run_cell
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions, csgld, dropout, ensemble, exact, laplace, sghmc, swag, vi
-from raysweep.methods.training import StackedMembers, train_members
+from raysweep.methods.training import StackedMembers, loss_per_member, train_members
 from raysweep.models.cnn import CNN
 from raysweep.models.mlp import MLP
 from raysweep.models.resnet import ResNet
+from raysweep.tasks.data import IGNORE_INDEX
 from raysweep.tasks.regression import LinearRegression
 from raysweep.tasks.vision import Digits
 
@@ -116,6 +117,23 @@ def test_models_the_batched_model_does_not_cover_train_under_vmap():
     assert not StackedMembers([ResNet(width=4).build(1, 10)]).batched  # residual blocks
     assert not StackedMembers([torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))]).batched
     assert not StackedMembers([torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU(inplace=True))]).batched
+
+
+@pytest.mark.parametrize("features_first", [False, True])
+def test_the_loss_per_member_is_each_members_mean_over_scored_targets(features_first):
+    torch.manual_seed(0)
+    outputs = torch.randn(3, 5, 7, 11)  # (M, B, T, V), as language models give
+    if features_first:  # the batched model's layout: the same values, classes not contiguous
+        outputs = outputs.movedim(-1, 1).contiguous().movedim(1, -1)
+    targets = torch.randint(0, 11, (3, 5, 7))
+    targets[0, :2] = IGNORE_INDEX
+    expected = torch.stack([torch.nn.functional.cross_entropy(o.reshape(-1, 11), t.reshape(-1), ignore_index=IGNORE_INDEX)
+                            for o, t in zip(outputs, targets)])
+    torch.testing.assert_close(loss_per_member(outputs, targets, "classification"), expected)
+    no_ignored = targets.clamp_min(0)
+    expected = torch.stack([torch.nn.functional.cross_entropy(o.reshape(-1, 11), t.reshape(-1))
+                            for o, t in zip(outputs, no_ignored)])
+    torch.testing.assert_close(loss_per_member(outputs, no_ignored, "classification", may_ignore=False), expected)
 
 
 def fast_options(name):

@@ -72,10 +72,13 @@ def loss_per_member(outputs: torch.Tensor, targets: torch.Tensor, kind: str, may
     counting is skipped).
     """
     if kind == CLASSIFICATION:
-        # Class scores in dim 1 is the layout cross_entropy takes for (M, C, B, …) with (M, B, …)
-        # targets: no reshape (for features-first outputs, a copy) and one loss per example.
-        losses = nn.functional.cross_entropy(outputs.movedim(-1, 1), targets, reduction="none",
-                                             ignore_index=IGNORE_INDEX).flatten(1)  # (M, B·T)
+        members, classes = outputs.shape[0], outputs.shape[-1]
+        if outputs.stride(-1) == 1:  # classes contiguous (vmap, language models): rows of class scores
+            losses = nn.functional.cross_entropy(outputs.reshape(-1, classes), targets.reshape(-1), reduction="none",
+                                                 ignore_index=IGNORE_INDEX).view(members, -1)  # (M, B·T)
+        else:  # the batched model's features-first (M, C, B) seen as (M, B, C): classes in dim 1, no copy
+            losses = nn.functional.cross_entropy(outputs.movedim(-1, 1), targets, reduction="none",
+                                                 ignore_index=IGNORE_INDEX).flatten(1)  # (M, B·T)
         if not may_ignore:
             return losses.mean(1)
         return losses.sum(1) / (targets != IGNORE_INDEX).flatten(1).sum(1).clamp_min(1)
