@@ -177,14 +177,14 @@ def fit_all(results: pd.DataFrame, n_boot: int = 1000, seed: int = 0, holdout: b
             target_eu: float | None = 0.01, workers: int = 1) -> tuple[pd.DataFrame, list[Curve]]:
     """Fit every curve: all point fits at once, then the bootstraps of all chosen laws (and of all
     holdout refits) in vectorised batches, one per law; the same answers as fit_curve one by one.
-    workers > 1 splits the curves between that many processes (every curve's answer is the same:
-    no curve's fit depends on which others share its batch)."""
+    workers > 1 fits in that many processes, a figure's curves at a time (every curve's answer is
+    the same: no curve's fit depends on which others share its batch)."""
     every = list(curves(results))
-    shares = _shares(every, workers)
-    parts = in_parallel(_fit_part, [[every[i] for i in share] for share in shares], n_boot, seed, holdout)
+    groups = _figure_groups(every) if workers > 1 else [list(range(len(every)))]
+    parts = in_parallel(_fit_part, [[every[i] for i in group] for group in groups], workers, n_boot, seed, holdout)
     fitted, checks = [None] * len(every), [None] * len(every)
-    for share, (part_fitted, part_checks) in zip(shares, parts):
-        for i, curve, check in zip(share, part_fitted, part_checks):
+    for group, (part_fitted, part_checks) in zip(groups, parts):
+        for i, curve, check in zip(group, part_fitted, part_checks):
             fitted[i], checks[i] = curve, check
     rows = [row for curve, check in zip(fitted, checks) for row in rows_of(curve, check, target_eu)]
     return pd.DataFrame(rows), fitted
@@ -192,18 +192,18 @@ def fit_all(results: pd.DataFrame, n_boot: int = 1000, seed: int = 0, holdout: b
 
 def fit_and_plot(results: pd.DataFrame, out_dir: Path, n_boot: int = 1000, seed: int = 0, holdout: bool = False,
                  target_eu: float | None = 0.01, workers: int = 1) -> tuple[pd.DataFrame, list[Path]]:
-    """fit_all and plot_all in one pass: each worker fits whole figures' curves and draws those
-    figures, so that no bootstrap refit has to travel between processes."""
+    """fit_all and plot_all in one pass: each task fits one figure's curves and draws that figure,
+    so that no bootstrap refit has to travel between processes."""
     every = list(curves(results))
-    shares = _shares(every, workers)
-    style = _style(results)
-    parts = in_parallel(_fit_and_plot_part, [[every[i] for i in share] for share in shares], n_boot, seed,
-                        holdout, target_eu, style, out_dir)
+    groups = _figure_groups(every) if workers > 1 else [list(range(len(every)))]
+    parts = in_parallel(_fit_and_plot_part, [[every[i] for i in group] for group in groups], workers, n_boot,
+                        seed, holdout, target_eu, _style(results), out_dir)
     rows, paths = [None] * len(every), []
-    for share, (part_rows, part_paths) in zip(shares, parts):
-        for i, curve_rows in zip(share, part_rows):
+    for group, (part_rows, part_paths) in zip(groups, parts):
+        for i, curve_rows in zip(group, part_rows):
             rows[i] = curve_rows
         paths += part_paths
+    _close_canvases()
     order = [f"{metric}_vs_{axis}" for axis in ("n", "params") for metric in FIT_METRICS]
     return pd.DataFrame([row for curve_rows in rows for row in curve_rows]), sorted(paths, key=lambda p: order.index(p.stem))
 
@@ -217,35 +217,30 @@ def _fit_part(part: list[Curve], n_boot: int, seed: int, holdout: bool):
 
 def _fit_and_plot_part(part: list[Curve], n_boot, seed, holdout, target_eu, style, out_dir):
     fitted, checks = _fit_part(part, n_boot, seed, holdout)
-    paths = _plot_part(_figure_jobs(fitted, *style), out_dir)
+    paths = [_canvas(len(style[0])).draw(*job, out_dir) for job in _figure_jobs(fitted, *style)]
     return [rows_of(curve, check, target_eu) for curve, check in zip(fitted, checks)], paths
 
 
-def _shares(every: list[Curve], workers: int) -> list[list[int]]:
-    """Which curves each worker fits: whole figures (a metric against N, or against P together
-    with its joint laws), the costliest first, each to the worker with the least so far."""
+def _figure_groups(every: list[Curve]) -> list[list[int]]:
+    """The curves of each figure (a metric against N, or against P with its joint laws), the
+    likely costliest first, so that the last task to start is a short one."""
     figures: dict[tuple, list[int]] = {}
     for i, curve in enumerate(every):
         figures.setdefault((curve.key["metric"], "n" if curve.key["axis"] == "n" else "params"), []).append(i)
-    cost = {key: sum(5 if every[i].key["axis"] == "joint" else 1 for i in members) for key, members in figures.items()}
-    shares, load = [[] for _ in range(max(workers, 1))], [0] * max(workers, 1)
-    for key in sorted(figures, key=lambda k: -cost[k]):
-        least = load.index(min(load))
-        shares[least] += figures[key]
-        load[least] += cost[key]
-    return [sorted(share) for share in shares if share]
+    # Rough cost in one-variable curves: a joint law (20 (N, P) points, 5 parameters) takes ~3x as long.
+    cost = {key: sum(3 if every[i].key["axis"] == "joint" else 1 for i in members) for key, members in figures.items()}
+    return [figures[key] for key in sorted(figures, key=lambda k: -cost[k])]
 
 
-def in_parallel(function, chunks: list, *args) -> list:
-    """[function(chunk, *args) for chunk in chunks], the first chunk in this process and each other
-    in a forked one. Fork, not spawn: a spawned process would spend seconds importing pandas,
-    matplotlib and lmfit again. Where fork is missing (Windows, some macOS setups) it runs serially."""
-    if len(chunks) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [function(chunk, *args) for chunk in chunks]
-    with ProcessPoolExecutor(len(chunks) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-        others = [pool.submit(function, chunk, *args) for chunk in chunks[1:]]
-        first = function(chunks[0], *args)
-        return [first] + [future.result() for future in others]
+def in_parallel(function, tasks: list, workers: int, *args) -> list:
+    """[function(task, *args) for task in tasks], in `workers` forked processes, each taking the
+    next task when done with one (which balances tasks of unequal cost). Fork, not spawn: a spawned
+    process would spend seconds importing pandas, matplotlib and lmfit again. Where fork is missing
+    (Windows, some macOS setups), or with one worker, the tasks run here one after another."""
+    if workers <= 1 or len(tasks) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [function(task, *args) for task in tasks]
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("fork")) as pool:
+        return [future.result() for future in [pool.submit(function, task, *args) for task in tasks]]
 
 
 # ---------------------------------------------------------------- writing
@@ -412,15 +407,17 @@ def plot_all(ok: pd.DataFrame, fitted: list[Curve], out_dir: Path, workers: int 
     """One figure per (metric, axis): an ID panel and an OOD panel side by side, methods as colours,
     the other variable (model size for curves against N, N for curves against P) as marker shapes,
     one legend for both outside the panels. workers > 1 draws them in that many processes."""
-    jobs = figure_jobs(ok, fitted)
-    parts = in_parallel(_plot_part, [jobs[i::workers] for i in range(workers)], out_dir)
-    paths = [None] * len(jobs)
-    for i, part in enumerate(parts):
-        paths[i::workers] = part
+    paths = in_parallel(_plot_job, figure_jobs(ok, fitted), workers, out_dir)
+    _close_canvases()
     return paths
 
 
+def _plot_job(job: tuple, out_dir: Path) -> Path:
+    return _canvas(len(job[1])).draw(*job, out_dir)
+
+
 def _plot_part(jobs: list[tuple], out_dir: Path) -> list[Path]:
+    """Draw figures one after another on one fresh canvas."""
     if not jobs:
         return []
     canvas = _Canvas(len(jobs[0][1]))
@@ -428,6 +425,21 @@ def _plot_part(jobs: list[tuple], out_dir: Path) -> list[Path]:
         return [canvas.draw(*job, out_dir) for job in jobs]
     finally:
         plt.close(canvas.fig)
+
+
+_CANVASES: dict[int, "_Canvas"] = {}  # by number of panels, reused for every figure this process draws
+
+
+def _canvas(panels: int) -> "_Canvas":
+    if panels not in _CANVASES:
+        _CANVASES[panels] = _Canvas(panels)
+    return _CANVASES[panels]
+
+
+def _close_canvases() -> None:
+    for canvas in _CANVASES.values():
+        plt.close(canvas.fig)
+    _CANVASES.clear()
 
 
 def figure_jobs(ok: pd.DataFrame, fitted: list[Curve]) -> list[tuple]:
