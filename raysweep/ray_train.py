@@ -13,8 +13,6 @@ import uuid
 
 import ray
 import torch
-from ray import train
-from ray.train.torch import TorchConfig, TorchTrainer
 
 from raysweep.cell import run_cell
 
@@ -63,6 +61,9 @@ def unplaceable(cells: list[dict], cpus: float, gpus: float, available: dict) ->
 def run_cell_on_workers(cell: dict, cpus: float, gpus: float) -> None:
     """Inside a Tune trial: run the cell on `workers_per_member` Ray Train workers of `cpus` CPUs and
     `gpus` GPUs each; their rows reach the trial's results as if the trial had reported them."""
+    # Imported here: every Tune worker imports this module, and most never drive a Train run.
+    from ray import train
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     workers = int(cell["method_options"].get("workers_per_member", 1))
@@ -81,10 +82,13 @@ def run_cell_on_workers(cell: dict, cpus: float, gpus: float) -> None:
 
 def _worker(config: dict) -> None:
     """One Ray Train worker: run the cell in this worker's share of the process group."""
+    from ray import train
+    from ray.train.torch import get_device
+
     torch.set_num_threads(max(1, int(config["cpus"])))
     node = ray.get_runtime_context().get_node_id()
 
     def report(rows: list[dict]) -> None:
         train.report({"rows": [row | {"node": node} for row in rows]})
 
-    run_cell(config["cell"], report, device=str(train.torch.get_device()))
+    run_cell(config["cell"], report, device=str(get_device()))
