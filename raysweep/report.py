@@ -177,8 +177,9 @@ def fit_all(results: pd.DataFrame, n_boot: int = 1000, seed: int = 0, holdout: b
             target_eu: float | None = 0.01, workers: int = 1) -> tuple[pd.DataFrame, list[Curve]]:
     """Fit every curve: all point fits at once, then the bootstraps of all chosen laws (and of all
     holdout refits) in vectorised batches, one per law; the same answers as fit_curve one by one.
-    workers > 1 fits in that many processes, a figure's curves at a time (every curve's answer is
-    the same: no curve's fit depends on which others share its batch)."""
+    workers > 1 fits in that many processes, a figure's curves at a time: no curve's fit depends on
+    which others share its batch, so the answers are the same, to the last bits of numpy's sums
+    (whose SIMD order can depend on where an array sits in memory)."""
     every = list(curves(results))
     groups = _figure_groups(every) if workers > 1 else [list(range(len(every)))]
     parts = in_parallel(_fit_part, [[every[i] for i in group] for group in groups], workers, n_boot, seed, holdout)

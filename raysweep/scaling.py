@@ -651,10 +651,18 @@ def _solve_free(JtJ, descent, damping, free, segments, cholesky):
 
 
 def _lapack_solve(A, b):
+    """np.linalg.solve row by row (one LAPACK call per matrix), and the rows where it is singular.
+    The rows that are not keep LAPACK's answer whatever else is in the batch."""
     try:
         return np.linalg.solve(A, b[..., None])[..., 0], np.zeros(len(A), dtype=bool)
-    except np.linalg.LinAlgError:  # singular somewhere: find where
-        return _cholesky_solve(A, b)
+    except np.linalg.LinAlgError:  # singular somewhere: solve the others alone
+        x, singular = np.zeros_like(b), np.zeros(len(A), dtype=bool)
+        for i in range(len(A)):
+            try:
+                x[i] = np.linalg.solve(A[i], b[i])
+            except np.linalg.LinAlgError:
+                singular[i] = True
+        return x, singular
 
 
 def _cholesky_solve(A, b):
