@@ -30,8 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--boot", type=int, default=1000, metavar="R", help="bootstrap resamples per curve (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), metavar="W",
-                        help="processes to fit and plot in; the report is the same for any number "
-                             "(default: 2, or 1 on a one-CPU machine)")
+                        help="processes to fit and plot in; any number gives the same report, to "
+                             "rounding (default: 2, or 1 on a one-CPU machine)")
     args = parser.parse_args(argv)
     if args.target_eu <= 0:
         parser.error(f"--target-eu must be > 0 nats, got {args.target_eu}")

@@ -9,6 +9,7 @@ Curves, for each (task, method, split, metric):
     axis "joint"   y against (N, P) with E + A·N^(-α) + B·P^(-β)
 A one-variable curve is fitted with every law in scaling.CURVE_LAWS; AIC picks one ("chosen"), and
 only the chosen law is bootstrapped (1,000 resamples of the seeds within each x by default).
+write(..., workers=2) fits and draws in two forked processes, one figure's curves at a time.
 """
 
 from __future__ import annotations
