@@ -26,6 +26,10 @@ def uses_workers(cell: dict) -> bool:
     return cell["method"] == "ensemble" and cell["method_options"].get("engine") == "deepspeed"
 
 
+def _workers(cell: dict) -> int:
+    return int(cell["method_options"].get("workers_per_member", 1))
+
+
 def chunks_of_their_own(cells: list[dict]) -> list[list[dict]]:
     """Cells on worker groups are never batched with others: each is one Tune trial, one Train run."""
     return [[cell] for cell in cells if uses_workers(cell)]
@@ -46,7 +50,7 @@ def unplaceable(cells: list[dict], cpus: float, gpus: float, available: dict) ->
     for cell in cells:
         if not uses_workers(cell):
             continue
-        workers = int(cell["method_options"].get("workers_per_member", 1))
+        workers = _workers(cell)
         need = {"CPU": workers * cpus + DRIVER_CPUS, "GPU": workers * gpus}
         short = {name: amount for name, amount in need.items() if amount > available.get(name, 0)}
         if short:
@@ -66,7 +70,7 @@ def run_cell_on_workers(cell: dict, cpus: float, gpus: float) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    workers = int(cell["method_options"].get("workers_per_member", 1))
+    workers = _workers(cell)
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"cell": cell, "cpus": cpus},

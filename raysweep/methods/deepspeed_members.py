@@ -92,7 +92,7 @@ def join_process_group(device) -> None:
 
 
 def make_engine(deepspeed, network: nn.Module, zero_stage: int, train, device):
-    rank, workers = dist.get_rank(), dist.get_world_size()
+    workers = dist.get_world_size()
     micro_batch = -(-train.batch_size // workers)  # ceil: the global batch is at least train.batch_size
     network = network.to(device)
     # A torch optimizer rather than DeepSpeed's own "Adam" type: DeepSpeed's fused CPU/GPU Adam kernels
@@ -101,21 +101,20 @@ def make_engine(deepspeed, network: nn.Module, zero_stage: int, train, device):
                                   fused=torch.device(device).type == "cuda")
     engine, *_ = deepspeed.initialize(model=network, optimizer=optimizer,
                                       config=deepspeed_config(zero_stage, micro_batch, device))
-    engine.raysweep_shard = (rank, workers)
     return engine
 
 
 def _train(engine, data, train, seed: int, device):
     """Yield (epoch, mean loss over every worker) after each pass; each worker takes its slice of every
     global batch, so W workers together see exactly the batches one process would."""
-    rank, workers = engine.raysweep_shard
+    rank, workers = dist.get_rank(), dist.get_world_size()
     x, y = data.train_x, data.train_y
-    n, batch = len(x), min(train.batch_size, len(x))
+    n, batch, steps = len(x), min(train.batch_size, len(x)), steps_per_epoch(train, len(x))
     generator = torch.Generator().manual_seed(seed)  # the same order on every worker
     for epoch in range(1, epochs_for(train, n) + 1):
         order = torch.randperm(n, generator=generator)
         total = torch.zeros((), device=device)
-        for step in range(steps_per_epoch(train, n)):
+        for step in range(steps):
             mine = order[step * batch:(step + 1) * batch][rank::workers]
             inputs, targets = x[mine].to(device), y[mine].to(device)
             outputs = engine(_cast(inputs, engine.module)).float()
@@ -124,7 +123,7 @@ def _train(engine, data, train, seed: int, device):
             engine.step()
             total += loss.detach()
         dist.all_reduce(total)
-        epoch_loss = total.item() / (workers * steps_per_epoch(train, n))
+        epoch_loss = total.item() / (workers * steps)
         check_finite(epoch, epoch_loss)
         yield epoch, epoch_loss
 
