@@ -8,7 +8,7 @@ N at each width and in P at each N.
 
 Full scale (a GPU cluster; RAYSWEEP_SCALE=full): CIFAR-10 from the HF hub (`uoft-cs/cifar10`) with
 WideResNet-16-k, k in (1, 2, 4, 8, 10) (0.18M to 17.1M parameters), N = 50,000 / 2^j for j = 0..6
-(781 to 50,000 images), deep ensembles of 5 and MC dropout, 3 seeds: 7 x 5 x 2 x 3 = 210 cells.
+(781 to 50,000 images, random crop + flip), deep ensembles of 5 and MC dropout, 3 seeds: 7 x 5 x 2 x 3 = 210 cells.
 OOD: SVHN (`ufldl-stanford/svhn`, cropped digits; the classic far-OOD set) and CIFAR-100 (near-OOD).
 Without internet on the cluster, save the datasets to a shared folder first
 (`load_dataset("uoft-cs/cifar10").save_to_disk("/data/vision/cifar10")`, likewise svhn with config
@@ -42,8 +42,7 @@ local = Experiment(
 
 full = replace(
     local,
-    # task.augment (random crop + flip) waits for the training loop to apply TaskData.extras["augment"].
-    task=Vision(dataset="cifar10"),
+    task=Vision(dataset="cifar10", augment=True),  # random crop + flip, as WideResNets are trained
     model=WideResNet(widen=4, depth=16),
     grid=replace(local.grid, n=tuple(50_000 // 2**j for j in range(6, -1, -1)), sizes=(1, 2, 4, 8, 10),
                  seeds=(0, 1, 2), ood=("svhn", "cifar100")),

@@ -32,6 +32,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.ticker import LogFormatter, LogLocator
 
 from raysweep import scaling, store
+from raysweep.tasks import TASKS
 
 UNCERTAINTIES = ("total", "aleatoric", "epistemic")
 FIT_METRICS = UNCERTAINTIES + ("nll", "error_rate")
@@ -41,6 +42,14 @@ AXES = {  # axis -> (columns that fix the other variables, the x columns)
     "joint": (["task", "method", "model", "split"], ["n", "params"]),
 }
 X_LABEL = {"n": "training examples N", "params": "parameters P"}
+
+
+def x_label(axis: str, tasks: set[str]) -> str:
+    """The axis title; N is in tokens for language tasks (a task class says so with `counts_tokens`)."""
+    in_tokens = {getattr(TASKS.get(task), "counts_tokens", False) for task in tasks}
+    if axis != "n" or in_tokens == {False}:
+        return X_LABEL[axis]
+    return "training tokens N" if in_tokens == {True} else "training examples or tokens N"
 
 
 @dataclass
@@ -505,10 +514,11 @@ class _Canvas:
         self.clear()
         wheres = sorted({_where_value(c) for c in chosen}, key=lambda v: (v is None, v or 0))
         markers = {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(wheres)}
+        label = x_label(axis, {c.key["task"] for c in chosen})
         for ax, split in zip(self.axes, splits):
             _draw_panel(ax, [c for c in chosen if c.key["split"] == split], colours, markers)
             kind = "ID" if split == "test" else "OOD"
-            ax.set(xlabel=X_LABEL[axis], title=f"{split} ({kind})")
+            ax.set(xlabel=label, title=f"{split} ({kind})")
             ax.autoscale_view()
         self.axes[0].set_ylabel(metric)
         methods = sorted({c.key["method"] for c in chosen})
@@ -518,7 +528,7 @@ class _Canvas:
         for text in legend.get_texts():
             if text.get_text() in LEGEND_HEADERS.values():
                 text.set_fontweight("bold")
-        self.fig.suptitle(f"{metric} vs {X_LABEL[axis]}", fontsize=9)
+        self.fig.suptitle(f"{metric} vs {label}", fontsize=9)
         path = out_dir / f"{metric}_vs_{axis}.png"
         # Fastest zlib level: small line plots, and encoding was a tenth of the plotting time.
         self.fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})

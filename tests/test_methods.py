@@ -194,6 +194,35 @@ def test_every_method_has_less_epistemic_uncertainty_with_more_data(name):
     assert eu[1024] < eu[32], eu
 
 
+class Blank:
+    """An augmentation that replaces every image with zeros, and counts the images it saw."""
+
+    def __init__(self):
+        self.images = 0
+
+    def __call__(self, images, generator):
+        self.images += images.shape[:-1].numel()
+        return torch.zeros_like(images)
+
+
+# Laplace trains through train_network like SWAG and the samplers, then measures curvature on the
+# training images as they are (the Hessian of the data, not of its augmentations); exact has no network.
+@pytest.mark.parametrize("name", sorted(set(METHODS) - {"exact", "laplace"}))
+def test_every_training_loop_augments_each_minibatch_and_nothing_else(name):
+    method = METHODS[name]
+    data = Digits().load(64, 0, [], 30)
+    blank = Blank()
+    augmented = replace(data, extras={"augment": blank})
+    zeros = replace(data, train_x=torch.zeros_like(data.train_x))  # what training sees under Blank
+    model = MLP(width=8)
+
+    def predict(task_data):
+        return method.fit(task_data, model, fast_options(name), TINY, 7, ignore).predict(data.eval_sets["test"][0])
+
+    torch.testing.assert_close(predict(augmented), predict(zeros), rtol=0, atol=0)
+    assert blank.images >= TINY.epochs * 64  # every training example of every epoch went through it
+
+
 class FixedNoiseLinear(torch.nn.Module):
     """y ~ N(wᵀx, σ²) with σ² known: the conjugate model of tasks.regression written as a network
     (the second output is the raw variance that training.gaussian_head turns into σ²)."""

@@ -135,3 +135,10 @@ def test_log_axes_are_labelled_with_plain_numbers():
     report.plt.close(fig)
     assert x_labels == ["1k", "10k", "100k", "1M"]
     assert y_labels == ["0.28", "0.29", "0.3", "0.31", "0.32", "0.33"]
+
+
+def test_n_is_labelled_in_tokens_for_language_tasks():
+    assert report.x_label("n", {"text"}) == "training tokens N"
+    assert report.x_label("n", {"digits", "regression"}) == "training examples N"
+    assert report.x_label("n", {"text", "digits"}) == "training examples or tokens N"
+    assert report.x_label("params", {"text"}) == "parameters P"

@@ -157,13 +157,17 @@ def test_random_crop_and_flip_keep_shapes_and_pixels():
     assert not torch.equal(out, x)
 
 
-def test_augment_is_refused_while_the_training_loop_ignores_it(root):
-    from raysweep.methods import training
-
-    problem = Vision(root=str(root), augment=True).problems()
-    if getattr(training, "SUPPORTS_AUGMENT", False):
-        assert problem is None
-        assert isinstance(Vision(root=str(root), augment=True).load(10, 0, [], 10).extras["augment"], RandomCropFlip)
-    else:
-        assert problem.startswith("task.augment=True needs a training loop that applies TaskData.extras['augment']")
+def test_augmented_cells_train_on_crops_and_flips_and_evaluate_on_the_images(root):
     assert Vision(augment=True, flatten=True).problems() == "task.augment crops and flips images: it needs task.flatten=False"
+    task = Vision(root=str(root), augment=True)
+    assert task.problems() is None
+    assert isinstance(task.load(10, 0, [], 10).extras["augment"], RandomCropFlip)
+    e = _experiment(task, n=(40,), ood=("svhn",))
+    e = replace(e, train=E.Train(epochs=1, batch_size=32), eval=E.Eval(max_examples=40),
+                methods=replace(e.methods, ensemble=replace(e.methods.ensemble, members=2))).validate()
+    augmented = run_cell(E.cells(e)[0], lambda rows: None)
+    again = run_cell(E.cells(e)[0], lambda rows: None)
+    plain = run_cell(E.cells(replace(e, task=replace(task, augment=False)))[0], lambda rows: None)
+    assert all(r["status"] == "ok" for r in augmented)
+    assert [r["total"] for r in augmented] == [r["total"] for r in again]  # the crops are seed-fixed
+    assert [r["total"] for r in augmented] != [r["total"] for r in plain]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from raysweep.methods.training import (NoiseEstimate, SampledNetworks, check_finite, epochs_for, flatten,
+from raysweep.methods.training import (NoiseEstimate, SampledNetworks, augmenter, check_finite, epochs_for, flatten,
                                        gradient_and_noise, independent_minibatches, seeded_network, steps_per_epoch,
                                        train_network)
 
@@ -79,6 +79,7 @@ def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu")
     minibatch_noise = NoiseEstimate()
     generator = torch.Generator(device=device).manual_seed(seed)
     samples, step = [], 0
+    augment = augmenter(data, seed + 1)
     for epoch, batches in independent_minibatches(n, train.batch_size, epochs, seed + 1, device):
         total, count = 0.0, 0
         for idx in batches:
@@ -86,7 +87,7 @@ def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu")
                 break
             position = step % cycle
             eta = options.lr / 2 * (math.cos(math.pi * position / cycle) + 1) / n
-            grads, variances, nll = gradient_and_noise(network, params, x[idx], y[idx], data.kind, n,
+            grads, variances, nll = gradient_and_noise(network, params, augment(x[idx]), y[idx], data.kind, n,
                                                        options.prior_precision)
             with torch.no_grad():
                 for p, g, variance in zip(params, grads, minibatch_noise.update(variances)):

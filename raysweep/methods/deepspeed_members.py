@@ -24,7 +24,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from raysweep.methods.training import check_finite, epochs_for, loss_per_member, steps_per_epoch, to_prediction
+from raysweep.methods.training import augmenter, check_finite, epochs_for, loss_per_member, steps_per_epoch, to_prediction
 
 
 def fit(data, model, options, train, seed: int, on_epoch, device) -> "Members":
@@ -111,12 +111,13 @@ def _train(engine, data, train, seed: int, device):
     x, y = data.train_x, data.train_y
     n, batch, steps = len(x), min(train.batch_size, len(x)), steps_per_epoch(train, len(x))
     generator = torch.Generator().manual_seed(seed)  # the same order on every worker
+    augment = augmenter(data, seed + rank)  # each worker crops and flips its own slice
     for epoch in range(1, epochs_for(train, n) + 1):
         order = torch.randperm(n, generator=generator)
         total = torch.zeros((), device=device)
         for step in range(steps):
             mine = order[step * batch:(step + 1) * batch][rank::workers]
-            inputs, targets = x[mine].to(device), y[mine].to(device)
+            inputs, targets = augment(x[mine]).to(device), y[mine].to(device)
             outputs = engine(_cast(inputs, engine.module)).float()
             loss = loss_per_member(outputs.unsqueeze(0), targets.unsqueeze(0), data.kind)[0]
             engine.backward(loss)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from raysweep.methods.training import (NoiseEstimate, SampledNetworks, check_finite, epochs_for, flatten,
+from raysweep.methods.training import (NoiseEstimate, SampledNetworks, augmenter, check_finite, epochs_for, flatten,
                                        gradient_and_noise, independent_minibatches, seeded_network, steps_per_epoch,
                                        train_network)
 
@@ -88,10 +88,11 @@ def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu")
     minibatch_noise = NoiseEstimate()
     generator = torch.Generator(device=device).manual_seed(seed)
     samples, step = [], 0
+    augment = augmenter(data, seed + 1)
     for epoch, batches in independent_minibatches(n, train.batch_size, epochs, seed + 1, device):
         total = 0.0
         for idx in batches:
-            grads, variances, nll = gradient_and_noise(network, params, x[idx], y[idx], data.kind, n,
+            grads, variances, nll = gradient_and_noise(network, params, augment(x[idx]), y[idx], data.kind, n,
                                                        options.prior_precision)
             with torch.no_grad():
                 for p, v, g, variance in zip(params, momenta, grads, minibatch_noise.update(variances)):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from raysweep.methods.training import (SampledNetworks, check_finite, epochs_for, flatten, mean_loss, minibatches,
+from raysweep.methods.training import (SampledNetworks, augmenter, check_finite, epochs_for, flatten, mean_loss, minibatches,
                                        seeded_network, steps_per_epoch, train_network)
 
 uses_model = True
@@ -83,10 +83,11 @@ def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu")
                                 weight_decay=options.prior_precision / n)
     epochs = math.ceil(interval * options.snapshots / per_epoch)
     step, snapshot = 0, 0
+    augment = augmenter(data, seed + 1)
     for epoch, batches in minibatches(n, train.batch_size, epochs, seed + 1, device):
         total, count = 0.0, 0
         for idx in batches[:max(0, interval * options.snapshots - step)]:
-            loss = mean_loss(network, x[idx], y[idx], data.kind)
+            loss = mean_loss(network, augment(x[idx]), y[idx], data.kind)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -107,6 +107,17 @@ def seeded_network(model, data: TaskData, seed: int, device) -> nn.Module:
     return model.build(data.input_dim, data.output_dim).to(device)
 
 
+def augmenter(data: TaskData, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The task's training-time augmentation (TaskData.extras["augment"], e.g. random crop + flip),
+    drawing from a generator of its own so a cell is repeatable; the identity when the task has none.
+    Every training loop passes each minibatch's inputs through it; evaluation never does."""
+    augment = data.extras.get("augment")
+    if augment is None:
+        return lambda inputs: inputs
+    generator = torch.Generator().manual_seed(seed)
+    return lambda inputs: augment(inputs, generator)
+
+
 def train_members(
     stack: StackedMembers,
     data: TaskData,
@@ -122,13 +133,14 @@ def train_members(
     n, batch = len(x), min(train.batch_size, len(x))
     steps = steps_per_epoch(train, n)
     may_ignore = data.kind == CLASSIFICATION and bool((y == IGNORE_INDEX).any())
+    augment = augmenter(data, seed)
     for epoch in range(1, epochs_for(train, n) + 1):
         # Every member sees the data in its own order.
         order = torch.stack([torch.randperm(n, generator=generator) for _ in range(stack.size)]).to(device)  # (M, N)
         total = torch.zeros((), device=device)  # summed where the losses are: no host sync per step
         for step in range(steps):
             idx = order[:, step * batch:(step + 1) * batch]  # (M, b)
-            outputs = stack.forward(x[idx], shared_input=False, train=True)
+            outputs = stack.forward(augment(x[idx]), shared_input=False, train=True)
             losses = loss_per_member(outputs, y[idx], data.kind, may_ignore)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()  # members share no parameters, so each gets its own gradient

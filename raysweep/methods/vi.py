@@ -31,7 +31,7 @@ from pyro.nn import PyroSample
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
-from raysweep.methods.training import check_finite, epochs_for, gaussian_head, minibatches, steps_per_epoch
+from raysweep.methods.training import augmenter, check_finite, epochs_for, gaussian_head, minibatches, steps_per_epoch
 from raysweep.tasks.data import CLASSIFICATION
 
 uses_model = True
@@ -145,11 +145,12 @@ def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu")
         # Adam whose step size decays to lr/10 by the end: the last iterates average out the ELBO's noise
         optimizer = pyro.optim.ClippedAdam({"lr": options.lr, "lrd": LR_DECAY ** (1 / steps), "clip_norm": 100.0})
         svi = SVI(pyro_model, guide, optimizer, elbo)
+        augment = augmenter(data, seed)
         for epoch, batches in minibatches(n, train.batch_size, epochs, seed, device):
             # svi.step returns the negative ELBO estimate for the whole data set: report it per example.
             # Pyro's argument validation costs ~30% of a small model's step; the model was checked on step 1.
             with pyro.validation_enabled(epoch == 1):
-                loss = sum(svi.step(x[idx], y[idx], n) for idx in batches) / len(batches) / n
+                loss = sum(svi.step(augment(x[idx]), y[idx], n) for idx in batches) / len(batches) / n
             check_finite(epoch, loss)
             on_epoch(epoch, loss)
         with torch.no_grad():

@@ -151,12 +151,6 @@ class Vision:
             return f"task.stats_images must be > 0, got {self.stats_images}"
         if self.augment and self.flatten:
             return "task.augment crops and flips images: it needs task.flatten=False"
-        if self.augment:
-            from raysweep.methods import training
-
-            if not getattr(training, "SUPPORTS_AUGMENT", False):
-                return ("task.augment=True needs a training loop that applies TaskData.extras['augment'] to each "
-                        "minibatch, and raysweep.methods.training does not (yet); set task.augment=False")
         return None
 
     def problems_with(self, model) -> str | None:
