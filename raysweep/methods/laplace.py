@@ -34,7 +34,6 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-from scipy.optimize import minimize_scalar
 from torch import nn
 
 from raysweep.methods.training import gaussian_head, seeded_network, train_network
@@ -247,6 +246,8 @@ def _log_prior_and_occam(alpha: float, square_norm: float, values: torch.Tensor)
 
 def _maximise(evidence) -> float:
     """The prior precision α that maximises the evidence, searched over log α."""
+    from scipy.optimize import minimize_scalar  # here: only Laplace cells pay its import (~0.5 s)
+
     result = minimize_scalar(lambda log_alpha: -evidence(math.exp(log_alpha)), bounds=LOG_ALPHA_RANGE,
                              method="bounded", options={"xatol": 1e-6})
     return math.exp(result.x)
