@@ -3,6 +3,7 @@
     python benchmarks/sweep_overhead.py                  # 2 interleaved repeats
     python benchmarks/sweep_overhead.py --repeats 3 --defaults
     python benchmarks/sweep_overhead.py --set train.min_steps=160   # the same grid, 4x the work per cell
+    python benchmarks/sweep_overhead.py --grid experiments/digits.py --variants raysweep,tune-reuse  # the main job's cells
 
 The grid is benchmarks/sweep_experiment.py: 100 real cells (regression task, 2-member MLP ensemble,
 fixed number of optimiser steps). Every variant runs raysweep.cell.run_cell on the same cells, so
@@ -23,6 +24,9 @@ machine is shared:
                       sent at most once a second, dashboard off on <= 4 CPUs (as a user runs it).
     raysweep-1        the same with --cells-per-trial 1: one Tune trial per cell (before batching).
     raysweep-dash     the same as raysweep with --dashboard (what the dashboard costs).
+    raysweep-attached the same with --address auto, joining a Ray started beforehand with
+                      `ray start --head` (not timed: a user starts it once for many sweeps), i.e. a
+                      sweep that skips starting and stopping Ray.
     tune-reuse        plain Ray Tune: a minimal function trainable calling run_cell with no store and
                       reporting once, TuneConfig(reuse_actors=True), Tune's default loggers, a plain
                       ray.init() (which starts the dashboard: Ray's default).
@@ -36,6 +40,7 @@ ray.shutdown, store writes and callback work.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -47,8 +52,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ROOT / "benchmarks" / "sweep_experiment.py"
-VARIANTS = ("raysweep", "raysweep-1", "raysweep-dash", "tune-reuse", "tune-defaults")
-RAYSWEEP_FLAGS = {"raysweep": [], "raysweep-1": ["--cells-per-trial", "1"], "raysweep-dash": ["--dashboard"]}
+VARIANTS = ("raysweep", "raysweep-1", "raysweep-dash", "raysweep-attached", "tune-reuse", "tune-defaults")
+RAYSWEEP_FLAGS = {"raysweep": [], "raysweep-1": ["--cells-per-trial", "1"], "raysweep-dash": ["--dashboard"],
+                  "raysweep-attached": ["--address", "auto"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,12 +96,15 @@ def plain_trainable(config: dict) -> None:
                  "start_ns": int(rows[0]["attempt"].split("-")[0])})
 
 
-def run_raysweep(out: Path, flags: list[str], overrides: list[str]) -> dict:
+def run_raysweep(out: Path, flags: list[str], overrides: list[str], grid: Path) -> dict:
     import ray
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
+    from raysweep import experiment as exp
     from raysweep import launch, report, store, trial
+
+    name = exp.load(grid).name
 
     clock = Clock()
     clock.wrap(ray, "init", "ray.init")
@@ -112,19 +121,19 @@ def run_raysweep(out: Path, flags: list[str], overrides: list[str]) -> dict:
     with open(os.devnull, "w") as quiet:  # one progress line per cell: keep the benchmark's output short
         stdout, sys.stdout = sys.stdout, quiet
         try:
-            code = launch.main([str(GRID), "--output", str(out), *flags, *sets])
+            code = launch.main([str(grid), "--output", str(out), *flags, *sets])
         finally:
             sys.stdout = stdout
     wall_s = time.perf_counter() - started
     assert code == 0, f"raysweep exited with {code}"
-    table = store.load(store.results_dir(out, "sweep_overhead"))
+    table = store.load(store.results_dir(out, name))
     per_cell, failed = {}, {}
     columns = ("cell_id", "status", "wall_time_s", "error")
     for cell_id, status, wall, error in zip(*(table.column(c).to_pylist() for c in columns)):
         if status != "ok":  # a failed cell did no (measured) work: it counts as overhead
             failed[cell_id] = (error or "")[-300:]
         per_cell[cell_id] = max(per_cell.get(cell_id, 0.0), wall or 0.0)
-    epoch_rows = store.load(store.results_dir(out, "sweep_overhead"), kind="epoch").num_rows
+    epoch_rows = store.load(store.results_dir(out, name), kind="epoch").num_rows
     starts = {cell_id: int(attempt.split("-")[0]) / 1e9
               for cell_id, attempt in zip(*(table.column(c).to_pylist() for c in ("cell_id", "attempt")))}
     return {"wall_s": wall_s, "work_s": sum(per_cell.values()), "cells": len(per_cell), "failed": failed,
@@ -140,14 +149,14 @@ def timeline(fit: tuple[float, float], cells: list[tuple[float, float]]) -> dict
     return {"before_first_cell_s": first - fit[0], "slots_busy": busy, "after_last_cell_s": fit[1] - last}
 
 
-def run_tune(out: Path, reuse: bool, limit: int | None, overrides: list[str]) -> dict:
+def run_tune(out: Path, reuse: bool, limit: int | None, overrides: list[str], grid: Path) -> dict:
     import ray
     from ray import tune
 
     from raysweep import experiment as exp
 
     started = time.perf_counter()
-    cells = exp.cells(exp.apply_overrides(exp.load(GRID), overrides).validate())[:limit]
+    cells = exp.cells(exp.apply_overrides(exp.load(grid), overrides).validate())[:limit]
     init_started = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
     init_s = time.perf_counter() - init_started
@@ -173,25 +182,42 @@ def run_tune(out: Path, reuse: bool, limit: int | None, overrides: list[str]) ->
             "timeline": timeline(fit_span, cells)}
 
 
-def run_one(variant: str, limit: int | None, overrides: list[str]) -> dict:
+def run_one(variant: str, limit: int | None, overrides: list[str], grid: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-{variant}-") as tmp:
         out = Path(tmp)
         if variant.startswith("raysweep"):
-            return run_raysweep(out, RAYSWEEP_FLAGS[variant], overrides)
-        return run_tune(out, reuse=variant == "tune-reuse", limit=limit, overrides=overrides)
+            return run_raysweep(out, RAYSWEEP_FLAGS[variant], overrides, grid)
+        return run_tune(out, reuse=variant == "tune-reuse", limit=limit, overrides=overrides, grid=grid)
 
 
 # ---------------------------------------------------------------------------------------------
 # The driver: interleave variants over repeats, each in its own process
 
-def spawn(variant: str, overrides: list[str], limit: int | None = None) -> dict:
+def spawn(variant: str, grid: Path, overrides: list[str], limit: int | None = None) -> dict:
     extra = (["--cells", str(limit)] if limit else []) + [arg for o in overrides for arg in ("--set", o)]
-    proc = subprocess.run([sys.executable, __file__, "--one", variant, *extra], cwd=ROOT, capture_output=True, text=True)
+    command = [sys.executable, __file__, "--one", variant, "--grid", str(grid), *extra]
+    if variant == "raysweep-attached":
+        with local_ray_head():
+            proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    else:
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+@contextlib.contextmanager
+def local_ray_head():
+    """A Ray head on this machine's CPUs for the duration, as `ray start --head` leaves one running."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_cli, "start", "--head", f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([ray_cli, "stop"], capture_output=True)
 
 
 def summary(values: list[float]) -> str:
@@ -209,11 +235,13 @@ def main() -> None:
                         help="tune-defaults runs only the first K cells (default 30: it is ~4x ideal; 100 for all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of the grid for every variant, e.g. train.min_steps=160")
+    parser.add_argument("--grid", type=Path, default=GRID,
+                        help="experiment file whose cells every variant runs (default: the 100-cell benchmark grid)")
     parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--cells", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(run_one(args.one, args.cells, args.overrides)), flush=True)
+        print("RESULT " + json.dumps(run_one(args.one, args.cells, args.overrides, args.grid)), flush=True)
         return
 
     slots = os.cpu_count()
@@ -226,14 +254,14 @@ def main() -> None:
         schedule += fast[r % len(fast):] + fast[:r % len(fast)]
         if args.defaults and r < args.defaults_repeats:
             schedule.append("tune-defaults")
-    print(f"[sweep_overhead] {slots} slots, grid {GRID.relative_to(ROOT)} {' '.join(args.overrides)}, "
+    print(f"[sweep_overhead] {slots} slots, grid {args.grid} {' '.join(args.overrides)}, "
           f"schedule: {', '.join(schedule)}")
     print(f"[sweep_overhead] {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"load before: {os.getloadavg()[0]:.2f} (1-min average)", flush=True)
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for variant in schedule:
         load_before = os.getloadavg()[0]
-        result = spawn(variant, args.overrides, args.defaults_cells if variant == "tune-defaults" else None)
+        result = spawn(variant, args.grid, args.overrides, args.defaults_cells if variant == "tune-defaults" else None)
         result["ideal_s"] = result["work_s"] / slots
         result["ratio"] = result["wall_s"] / result["ideal_s"]
         result["load"] = (load_before, os.getloadavg()[0])
