@@ -24,7 +24,8 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from raysweep.methods.training import augmenter, check_finite, epochs_for, loss_per_member, steps_per_epoch, to_prediction
+from raysweep.methods.training import (augmenter, check_finite, epochs_for, loss_per_member, steps_per_epoch,
+                                       to_prediction)
 
 
 def fit(data, model, options, train, seed: int, on_epoch, device) -> "Members":

@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from raysweep.methods.training import (SampledNetworks, augmenter, check_finite, epochs_for, flatten, mean_loss, minibatches,
-                                       seeded_network, steps_per_epoch, train_network)
+from raysweep.methods.training import (SampledNetworks, augmenter, check_finite, epochs_for, flatten, mean_loss,
+                                       minibatches, seeded_network, steps_per_epoch, train_network)
 
 uses_model = True
 
