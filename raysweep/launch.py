@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from raysweep import experiment as exp
-from raysweep import report, store
+from raysweep import store
 from raysweep.experiment import ExperimentError, cell_label
 
 
@@ -104,6 +104,8 @@ def main(argv=None) -> int:
         print("[raysweep] nothing to run: every cell is already in the store")
     # A quick report after the sweep (200 bootstrap resamples per curve); `python -m raysweep.fit`
     # refits from the store with 1,000 and the holdout check.
+    from raysweep import report  # here: lmfit and matplotlib cost --plan and bad-input errors ~1.5 s
+
     path = report.write(results, root / "report", title=f"raysweep report: {experiment.name}", n_boot=QUICK_BOOT)
     print(f"[raysweep] report: {path}")
     return 0
