@@ -184,6 +184,8 @@ def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu")
     network = train_network(network, data, train, seed, on_epoch)
     last = _last_layer(network)
     body, bias = network[:-1].eval(), last.bias is not None
+    # The curvature is that of the training images as they are: training may have seen random crops
+    # and flips (task.augment), but the likelihood the posterior approximates is of the data set.
     x, y = data.train_x.to(device), data.train_y.to(device)
     with torch.no_grad():
         phi = _features(body, bias, x)  # (N, F)
