@@ -196,10 +196,7 @@ def run_one(variant: str, limit: int | None, overrides: list[str], grid: Path) -
 def spawn(variant: str, grid: Path, overrides: list[str], limit: int | None = None) -> dict:
     extra = (["--cells", str(limit)] if limit else []) + [arg for o in overrides for arg in ("--set", o)]
     command = [sys.executable, __file__, "--one", variant, "--grid", str(grid), *extra]
-    if variant == "raysweep-attached":
-        with local_ray_head():
-            proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    else:
+    with local_ray_head() if variant == "raysweep-attached" else contextlib.nullcontext():
         proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
