@@ -7,7 +7,7 @@ MFU = achieved model FLOP/s / the GPU's dense bf16 peak. Model FLOPs per token (
 6·P for the weights' forward and backward plus 12·L·T·d for attention scores, P counting every
 parameter except the position embedding. Timed: `--steps` optimiser steps after `--warmup` steps,
 torch.cuda.synchronize() around the timed span. Members are trained by raysweep's own DeepSpeed
-engine (`raysweep.methods.deepspeed_members.make_engine`), as a sweep trains them.
+engine (`raysweep.training.deepspeed_members.make_engine`), as a sweep trains them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from raysweep import experiment as E
 from raysweep.cell import run_cell
 from raysweep.experiment import Train
-from raysweep.methods import deepspeed_members
-from raysweep.methods.training import loss_per_member
+from raysweep.training import deepspeed_members
+from raysweep.training.likelihood import loss_per_member
 from raysweep.models.gpt import GPT
 
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16 FLOP/s (SXM datasheets)

@@ -1,4 +1,4 @@
-"""Deep-ensemble training: M members trained at once (raysweep.methods.training.train_members) against
+"""Deep-ensemble training: M members trained at once (raysweep.training.loop.train_members) against
 the same M members trained one after another.
 
     python benchmarks/ensemble_vectorised.py [--repeats 5] [--threads 2] [--model mlp|cnn]
@@ -27,7 +27,9 @@ import time
 import torch
 
 from raysweep.experiment import Train
-from raysweep.methods.training import StackedMembers, adam, train_members
+from raysweep.training.loop import train_members
+from raysweep.training.optim import adam
+from raysweep.training.stack import StackedMembers
 from raysweep.models.cnn import CNN
 from raysweep.models.mlp import MLP
 from raysweep.tasks.vision import Digits

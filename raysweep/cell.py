@@ -18,7 +18,7 @@ import torch
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions
-from raysweep.methods.training import TrainingDiverged, epochs_for
+from raysweep.training.budget import TrainingDiverged, epochs_for
 from raysweep.models import MODELS, parameter_count
 from raysweep.tasks import TASKS
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from raysweep.experiment import Experiment, cell_label, cells
-from raysweep.methods.training import epochs_for
+from raysweep.training.budget import epochs_for
 from raysweep.models import MODELS, parameter_count
 
 # Sustained throughput assumed for GPU-hours: 40% of an H100's dense bf16 peak (989 TFLOP/s).

@@ -7,7 +7,8 @@ import torch
 from raysweep import experiment as E
 from raysweep.cell import run_cell
 from raysweep.experiment import Train
-from raysweep.methods import deepspeed_members, ensemble
+from raysweep.methods import ensemble
+from raysweep.training import deepspeed_members
 from raysweep.models.mlp import MLP
 from raysweep.tasks.vision import Digits
 

@@ -11,7 +11,9 @@ from raysweep.cell import run_cell
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions, csgld, dropout, ensemble, exact, laplace, sghmc, swag, vi
-from raysweep.methods.training import StackedMembers, loss_per_member, train_members
+from raysweep.training.likelihood import loss_per_member
+from raysweep.training.loop import train_members
+from raysweep.training.stack import StackedMembers
 from raysweep.models.cnn import CNN
 from raysweep.models.mlp import MLP
 from raysweep.models.resnet import ResNet

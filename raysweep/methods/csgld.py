@@ -21,9 +21,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from raysweep.methods.training import (NoiseEstimate, SampledNetworks, augmenter, check_finite, epochs_for, flatten,
-                                       gradient_and_noise, independent_minibatches, seeded_network, steps_per_epoch,
-                                       train_network)
+from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
+from raysweep.training.loop import augmenter, seeded_network, train_network
+from raysweep.training.samples import SampledNetworks, flatten
+from raysweep.training.sgmcmc import NoiseEstimate, gradient_and_noise, independent_minibatches
 
 uses_model = True
 

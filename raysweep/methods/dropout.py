@@ -11,7 +11,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from raysweep.methods.training import StackedMembers, to_prediction, train_members
+from raysweep.training.likelihood import to_prediction
+from raysweep.training.loop import train_members
+from raysweep.training.stack import StackedMembers
 
 uses_model = True
 

@@ -1,7 +1,7 @@
 """Deep ensembles (Lakshminarayanan et al., 2017): M members from different initialisations and
 data orders, averaged at prediction.
 
-engine="vmap" trains small members together as one vectorised model (training.py); engine="deepspeed"
+engine="vmap" trains small members together as one vectorised model (raysweep.training.loop); engine="deepspeed"
 trains large members one after another with DeepSpeed ZeRO (deepspeed_members.py), each member spread
 over `workers_per_member` Ray Train workers when the sweep runs on Ray.
 """
@@ -12,7 +12,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from raysweep.methods.training import StackedMembers, to_prediction, train_members
+from raysweep.training.likelihood import to_prediction
+from raysweep.training.loop import train_members
+from raysweep.training.stack import StackedMembers
 
 uses_model = True
 
@@ -58,7 +60,7 @@ class Posterior:
 
 def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu"):
     if options.engine == "deepspeed":
-        from raysweep.methods import deepspeed_members
+        from raysweep.training import deepspeed_members
 
         return deepspeed_members.fit(data, model, options, train, seed, on_epoch, device)
     torch.manual_seed(seed)

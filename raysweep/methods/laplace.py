@@ -36,7 +36,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from raysweep.methods.training import gaussian_head, seeded_network, train_network
+from raysweep.training.likelihood import gaussian_head
+from raysweep.training.loop import seeded_network, train_network
 from raysweep.tasks.data import CLASSIFICATION
 
 uses_model = True

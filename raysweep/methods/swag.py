@@ -21,8 +21,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from raysweep.methods.training import (SampledNetworks, augmenter, check_finite, epochs_for, flatten, mean_loss,
-                                       minibatches, seeded_network, steps_per_epoch, train_network)
+from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
+from raysweep.training.likelihood import mean_loss
+from raysweep.training.loop import augmenter, minibatches, seeded_network, train_network
+from raysweep.training.samples import SampledNetworks, flatten
 
 uses_model = True
 

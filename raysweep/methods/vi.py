@@ -31,7 +31,9 @@ from pyro.nn import PyroSample
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
-from raysweep.methods.training import augmenter, check_finite, epochs_for, gaussian_head, minibatches, steps_per_epoch
+from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
+from raysweep.training.likelihood import gaussian_head
+from raysweep.training.loop import augmenter, minibatches
 from raysweep.tasks.data import CLASSIFICATION
 
 uses_model = True

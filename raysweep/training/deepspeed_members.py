@@ -1,6 +1,6 @@
 """Deep-ensemble members trained one after another with DeepSpeed ZeRO, for members too large to stack.
 
-The vectorised engine (training.py) trains M small members as one batched model on one device. A
+The vectorised engine (raysweep.training.loop) trains M small members as one batched model on one device. A
 language model of hundreds of millions of parameters instead needs ZeRO (optimizer state, gradients
 and, at stage 3, parameters sharded over workers) and bf16: this engine trains each member with
 DeepSpeed across every process of the current torch.distributed group (Ray Train starts one process
@@ -24,8 +24,9 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from raysweep.methods.training import (augmenter, check_finite, epochs_for, loss_per_member, steps_per_epoch,
-                                       to_prediction)
+from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
+from raysweep.training.likelihood import loss_per_member, to_prediction
+from raysweep.training.loop import augmenter
 
 
 def fit(data, model, options, train, seed: int, on_epoch, device) -> "Members":

@@ -1,0 +1,91 @@
+"""The minibatch training loops: every member of a stack at once, or one network (M = 1)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from raysweep.tasks.data import CLASSIFICATION, IGNORE_INDEX, TaskData
+from raysweep.training import optim
+from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
+from raysweep.training.likelihood import loss_per_member
+from raysweep.training.stack import StackedMembers
+
+
+def seeded_network(model, data: TaskData, seed: int, device) -> nn.Module:
+    """One freshly initialised network for the task, its initialisation fixed by the seed."""
+    torch.manual_seed(seed)
+    return model.build(data.input_dim, data.output_dim).to(device)
+
+
+def augmenter(data: TaskData, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The task's training-time augmentation (TaskData.extras["augment"], e.g. random crop + flip),
+    drawing from a generator of its own so a cell is repeatable; the identity when the task has none.
+    Every training loop passes each minibatch's inputs through it; evaluation never does."""
+    augment = data.extras.get("augment")
+    if augment is None:
+        return lambda inputs: inputs
+    generator = torch.Generator().manual_seed(seed)
+    return lambda inputs: augment(inputs, generator)
+
+
+def train_members(
+    stack: StackedMembers,
+    data: TaskData,
+    train,
+    seed: int,
+    on_epoch: Callable[[int, float], None],
+    optimizer: str = "adam",
+) -> StackedMembers:
+    """Minibatch training of every member at once with the named optimizer (training.optim);
+    reports the mean member loss after each epoch."""
+    device = stack.device
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    optimizer = optim.make(optimizer, list(stack.params.values()), train)
+    generator = torch.Generator().manual_seed(seed)
+    n, batch = len(x), min(train.batch_size, len(x))
+    steps = steps_per_epoch(train, n)
+    may_ignore = data.kind == CLASSIFICATION and bool((y == IGNORE_INDEX).any())
+    augment = augmenter(data, seed)
+    for epoch in range(1, epochs_for(train, n) + 1):
+        # Every member sees the data in its own order.
+        order = torch.stack([torch.randperm(n, generator=generator) for _ in range(stack.size)]).to(device)  # (M, N)
+        total = torch.zeros((), device=device)  # summed where the losses are: no host sync per step
+        for step in range(steps):
+            idx = order[:, step * batch:(step + 1) * batch]  # (M, b)
+            outputs = stack.forward(augment(x[idx]), shared_input=False, train=True)
+            losses = loss_per_member(outputs, y[idx], data.kind, may_ignore)
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()  # members share no parameters, so each gets its own gradient
+            optimizer.step()
+            total += losses.detach().mean()
+        epoch_loss = total.item() / steps
+        check_finite(epoch, epoch_loss)
+        on_epoch(epoch, epoch_loss)
+    return stack
+
+
+def train_network(network: nn.Module, data: TaskData, train, seed: int, on_epoch,
+                  optimizer: str = "adam") -> nn.Module:
+    """Minibatch training of one network (the same loop as the ensembles, with M = 1); returns it trained."""
+    stack = train_members(StackedMembers([network]), data, train, seed, on_epoch, optimizer)
+    with torch.no_grad():
+        for name, value in network.named_parameters():
+            value.copy_(stack.params[name][0])
+    return network
+
+
+def mean_loss(network: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean per-example negative log-likelihood of one network on a batch (a scalar)."""
+    return loss_per_member(network(x).unsqueeze(0), y.unsqueeze(0), kind)[0]
+
+
+def minibatches(n: int, batch: int, epochs: int, seed: int, device):
+    """Yield (epoch, index tensors of that epoch's minibatches): `epochs` seed-fixed passes over n examples."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = min(batch, n)
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(n, generator=generator).to(device)
+        yield epoch, order.split(batch)
