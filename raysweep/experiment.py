@@ -212,8 +212,7 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
         problem = METHODS[method].unsupported(e.task)
         if problem:
             raise ExperimentError(f"method {method!r} cannot run task {task_names[type(e.task)]!r}: {problem}")
-        model_check = getattr(METHODS[method], "unsupported_model", None)
-        if METHODS[method].uses_model and model_check and (problem := model_check(e.model)):
+        if METHODS[method].uses_model and (problem := METHODS[method].unsupported_model(e.model)):
             raise ExperimentError(f"method {method!r} cannot use model {model_names[type(e.model)]!r}: {problem}")
     offered = e.task.ood_sets()
     for name in g.ood:

@@ -4,7 +4,7 @@ Training compute is estimated the standard way (Kaplan et al., 2020): about 6 FL
 per training unit (forward 2, backward 4), where a unit is a token for sequence models and an
 example otherwise. Prediction costs 2 FLOPs per parameter per unit per posterior sample.
 
-    train FLOPs ≈ 6 · P · units per example · examples seen · networks trained
+    train FLOPs ≈ 6 · P · units per example · examples seen · training phases · networks trained
     eval  FLOPs ≈ 2 · P · units per example · evaluation examples · S samples
 """
 
@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from raysweep.experiment import Experiment, cell_label, cells
-from raysweep.training.budget import epochs_for
+from raysweep.methods import METHODS, MethodOptions
 from raysweep.models import MODELS, parameter_count
+from raysweep.training.budget import epochs_for
 
 # Sustained throughput assumed for GPU-hours: 40% of an H100's dense bf16 peak (989 TFLOP/s).
 ASSUMED_FLOPS_PER_SECOND = 0.4 * 989e12
@@ -48,9 +49,9 @@ def estimate(experiment: Experiment) -> list[CellCost]:
             params = parameters[key]
         else:
             params = input_dim
-        networks, samples = _networks_and_samples(cell)
+        networks, phases, samples = _networks_phases_samples(cell)
         examples = max(cell["n"] // units, 1) if counts_tokens else cell["n"]
-        seen = epochs_for(experiment.train, examples) * examples
+        seen = epochs_for(experiment.train, examples) * examples * phases
         train = 6 * params * units * seen * networks if cell["model"] else 0.0
         costs.append(CellCost(cell_label(cell), params, train, 2 * params * units * eval_examples * samples))
     return costs
@@ -72,12 +73,11 @@ def _parameters(model_config: dict, input_dim: int, output_dim: int) -> int:
     return parameter_count(model, input_dim, output_dim)
 
 
-def _networks_and_samples(cell: dict) -> tuple[int, int]:
-    """(networks trained, posterior samples at prediction) for the cell's method."""
-    options = cell["method_options"]
-    if cell["method"] == "ensemble":
-        return options["members"], options["members"]
-    return 1, options.get("samples", 1)
+def _networks_phases_samples(cell: dict) -> tuple[int, int, int]:
+    """(networks trained, training phases, posterior samples S at prediction), as the method says."""
+    method = METHODS[cell["method"]]
+    options = MethodOptions().options_of(cell["method"], cell["method_options"])
+    return method.networks_trained(options), method.training_phases(options), method.samples(options)
 
 
 def describe(experiment: Experiment) -> str:

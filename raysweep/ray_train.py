@@ -15,19 +15,22 @@ import ray
 import torch
 
 from raysweep.cell import run_cell
+from raysweep.methods import METHODS, MethodOptions
 
 # The driver trial waits while its workers train and evaluate: it needs almost no CPU. Not zero: a
 # Ray placement group cannot be made of empty bundles.
 DRIVER_CPUS = 0.05
 
 
-def uses_workers(cell: dict) -> bool:
-    """Does this cell train its members on a Ray Train worker group?"""
-    return cell["method"] == "ensemble" and cell["method_options"].get("engine") == "deepspeed"
-
-
 def _workers(cell: dict) -> int:
-    return int(cell["method_options"].get("workers_per_member", 1))
+    """Ray Train workers the cell's method asks for (0: it runs inside its Tune trial)."""
+    options = MethodOptions().options_of(cell["method"], cell["method_options"])
+    return METHODS[cell["method"]].train_workers(options)
+
+
+def uses_workers(cell: dict) -> bool:
+    """Does this cell train on a Ray Train worker group?"""
+    return _workers(cell) > 0
 
 
 def chunks_of_their_own(cells: list[dict]) -> list[list[dict]]:
@@ -55,10 +58,10 @@ def unplaceable(cells: list[dict], cpus: float, gpus: float, available: dict) ->
         short = {name: amount for name, amount in need.items() if amount > available.get(name, 0)}
         if short:
             have = ", ".join(f"{available.get(name, 0):g} {name}" for name in short)
-            return (f"methods.ensemble.workers_per_member={workers} with resources.cpus={cpus:g}, "
+            return (f"method {cell['method']!r}: {workers} Ray Train workers with resources.cpus={cpus:g}, "
                     f"resources.gpus={gpus:g} needs {', '.join(f'{v:g} {k}' for k, v in short.items())} at once "
                     f"(workers plus {DRIVER_CPUS} CPU for the trial that drives them), but the cluster has {have}; "
-                    f"lower workers_per_member or resources.cpus, or add nodes")
+                    f"lower the workers per cell (e.g. methods.ensemble.workers_per_member) or resources.cpus, or add nodes")
     return None
 
 

@@ -8,9 +8,9 @@ from raysweep import experiment as E
 from raysweep.cell import run_cell
 from raysweep.experiment import Train
 from raysweep.methods import ensemble
-from raysweep.training import deepspeed_members
 from raysweep.models.mlp import MLP
 from raysweep.tasks.vision import Digits
+from raysweep.training import deepspeed_members
 
 TINY = Train(epochs=2, batch_size=32, lr=1e-2, weight_decay=1e-3)
 SEED = 3
@@ -123,5 +123,5 @@ def test_a_train_run_that_can_never_fit_the_cluster_is_refused_before_it_waits_f
     overrides = ["grid.methods=ensemble", "methods.ensemble.engine=deepspeed", "methods.ensemble.workers_per_member=64"]
     args = [str(root / "experiments" / "lm.py"), "--smoke", "--output", str(tmp_path), "--no-dashboard"]
     assert main(args + [item for o in overrides for item in ("--set", o)]) == 2
-    assert "methods.ensemble.workers_per_member=64 with resources.cpus=1, resources.gpus=0 needs 64.05 CPU" \
+    assert "method 'ensemble': 64 Ray Train workers with resources.cpus=1, resources.gpus=0 needs 64.05 CPU" \
         in capsys.readouterr().err

@@ -7,7 +7,7 @@ from torch import nn
 
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
-from raysweep.methods import exact, laplace
+from raysweep.methods import METHODS, laplace
 from raysweep.models.mlp import MLP
 from raysweep.tasks.regression import LinearRegression
 from raysweep.tasks.vision import Digits
@@ -27,8 +27,8 @@ def test_laplace_on_the_linear_gaussian_task_is_the_exact_posterior(hessian, lin
     task = LinearRegression(dim=5, noise_var=0.25, prior_precision=1.0)
     data = task.load(100, 0, ["shifted"], 300)
     options = laplace.Options(hessian=hessian, prior="fixed", prior_precision=task.prior_precision)
-    approx = laplace.fit(data, linear_model, options, TINY, 0, ignore)
-    truth = exact.fit(data, None, None, TINY, 0, ignore)
+    approx = METHODS["laplace"].fit(data, linear_model, options, TINY, 0, ignore)
+    truth = METHODS["exact"].fit(data, None, None, TINY, 0, ignore)
     torch.testing.assert_close(approx.mean[0], truth.mean, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(approx.covariance, truth.covariance, rtol=1e-10, atol=1e-14)
     assert approx.noise_var == task.noise_var  # taken from the task, which knows it
@@ -42,7 +42,7 @@ def test_marginal_likelihood_picks_the_prior_precision_of_highest_evidence(linea
     # Closed-form evidence of Bayesian linear regression: the chosen α must be its maximiser.
     task = LinearRegression(dim=5, noise_var=0.25, prior_precision=1.0)
     data = task.load(60, 0, [], 10)
-    alpha = laplace.fit(data, linear_model, laplace.Options(), TINY, 0, ignore).alpha
+    alpha = METHODS["laplace"].fit(data, linear_model, laplace.Options(), TINY, 0, ignore).alpha
     x, y = data.train_x.double(), data.train_y.double()
 
     def evidence(a):
@@ -55,7 +55,7 @@ def test_marginal_likelihood_picks_the_prior_precision_of_highest_evidence(linea
 @pytest.mark.parametrize("hessian", laplace.HESSIANS)
 def test_kron_and_full_sampling_match_their_covariance(hessian):
     data = Digits().load(80, 0, [], 20)
-    posterior = laplace.fit(data, MLP(width=6), laplace.Options(hessian=hessian, samples=4000), TINY, 0, ignore)
+    posterior = METHODS["laplace"].fit(data, MLP(width=6), laplace.Options(hessian=hessian, samples=4000), TINY, 0, ignore)
     draws = posterior.weight_samples.reshape(4000, -1)  # (S, C·F)
     empirical = torch.cov(draws.T)
     covariance = posterior.covariance
@@ -71,7 +71,7 @@ def test_kron_and_full_sampling_match_their_covariance(hessian):
 
 def test_probit_gives_one_predictive_that_sums_to_one():
     data = Digits().load(80, 0, [], 20)
-    posterior = laplace.fit(data, MLP(width=6), laplace.Options(predictive="probit"), TINY, 0, ignore)
+    posterior = METHODS["laplace"].fit(data, MLP(width=6), laplace.Options(predictive="probit"), TINY, 0, ignore)
     probs = posterior.predict(data.eval_sets["test"][0])
     assert probs.shape == (1, 20, 10)
     torch.testing.assert_close(probs.sum(-1), torch.ones(1, 20))
@@ -87,5 +87,5 @@ def test_a_model_whose_last_layer_is_not_linear_is_refused_before_training():
         raise AssertionError("training started")
 
     with pytest.raises(ValueError, match=r"last layer is linear .* ends in Softmax"):
-        laplace.fit(Digits().load(20, 0, [], 5), EndsInSoftmax(), laplace.Options(), TINY, 0, fail)
-    assert laplace.unsupported_model(MLP()) is None
+        METHODS["laplace"].fit(Digits().load(20, 0, [], 5), EndsInSoftmax(), laplace.Options(), TINY, 0, fail)
+    assert METHODS["laplace"].unsupported_model(MLP()) is None

@@ -10,16 +10,16 @@ from raysweep import experiment as E
 from raysweep.cell import run_cell
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
-from raysweep.methods import METHODS, MethodOptions, csgld, dropout, ensemble, exact, laplace, sghmc, swag, vi
-from raysweep.training.likelihood import loss_per_member
-from raysweep.training.loop import train_members
-from raysweep.training.stack import StackedMembers
+from raysweep.methods import METHODS, Method, MethodOptions, csgld, dropout, ensemble, laplace, sghmc, swag, vi
 from raysweep.models.cnn import CNN
 from raysweep.models.mlp import MLP
 from raysweep.models.resnet import ResNet
 from raysweep.tasks.data import IGNORE_INDEX
 from raysweep.tasks.regression import LinearRegression
 from raysweep.tasks.vision import Digits
+from raysweep.training.likelihood import loss_per_member
+from raysweep.training.loop import train_members
+from raysweep.training.stack import StackedMembers
 
 TINY = Train(epochs=2, batch_size=32, lr=1e-2)
 
@@ -36,7 +36,7 @@ def test_exact_posterior_matches_the_checked_simulation(n, expected):
     # DESIGN.md: d = 20, σ² = 0.25, α = 1 gives mean EU 0.0255 at N = 400 and 0.00157 at N = 6400.
     # Another draw of the data moves the mean by a few percent, hence the 8% tolerance.
     data = LinearRegression(dim=20, noise_var=0.25, prior_precision=1.0, n_test=2000).load(n, 0, [], 2000)
-    metrics = evaluate(exact.fit(data, None, None, TINY, 0, ignore), data)
+    metrics = evaluate(METHODS["exact"].fit(data, None, None, TINY, 0, ignore), data)
     assert metrics["test"]["epistemic"] == pytest.approx(expected, rel=0.08)
     assert metrics["test"]["epistemic"] == pytest.approx(20 / (2 * n), rel=0.08)
 
@@ -47,7 +47,7 @@ def test_exact_posterior_equals_the_closed_form_per_point():
     precision = 2.0 * torch.eye(3, dtype=torch.float64) + x.T @ x / 0.5
     covariance = torch.linalg.inv(precision)
     test_x = data.eval_sets["test"][0]
-    means, variances = exact.fit(data, None, None, TINY, 0, ignore).predict(test_x)
+    means, variances = METHODS["exact"].fit(data, None, None, TINY, 0, ignore).predict(test_x)
     v = torch.einsum("bi,ij,bj->b", test_x.double(), covariance, test_x.double())
     torch.testing.assert_close(means.mean(0), test_x.double() @ (covariance @ x.T @ y / 0.5))
     torch.testing.assert_close(means.var(0, unbiased=False), v)
@@ -257,7 +257,7 @@ def test_sg_mcmc_samples_the_exact_posterior_at_small_and_large_n(name, n):
     options = {"sghmc": sghmc.Options(samples=200), "csgld": csgld.Options(cycles=10, samples_per_cycle=20)}[name]
     train = Train(epochs=20, min_steps=400, batch_size=32, lr=1e-2)
     approx = METHODS[name].fit(data, FixedNoiseLinearModel(task.noise_var), options, train, 1, ignore)
-    ours, theirs = evaluate(approx, data), evaluate(exact.fit(data, None, None, None, 0, ignore), data)
+    ours, theirs = evaluate(approx, data), evaluate(METHODS["exact"].fit(data, None, None, None, 0, ignore), data)
     for split in ("test", "shifted"):  # 200 correlated samples: EU is known to within about 25%
         assert ours[split]["epistemic"] == pytest.approx(theirs[split]["epistemic"], rel=0.35)
 
@@ -284,7 +284,7 @@ def test_swag_keeps_its_spread_when_data_are_few(root):
     eu = {}
     for n in (50, 1400):
         data = e.task.load(n, 0, [], 397)
-        posterior = swag.fit(data, MLP(width=128), e.methods.swag, e.train, 0, ignore)
+        posterior = METHODS["swag"].fit(data, MLP(width=128), e.methods.swag, e.train, 0, ignore)
         eu[n] = evaluate(posterior, data)["test"]["epistemic"]
     assert eu[50] >= 0.5 * eu[1400], eu
 
@@ -292,7 +292,7 @@ def test_swag_keeps_its_spread_when_data_are_few(root):
 def test_mc_dropout_samples_differ_and_one_sample_has_no_epistemic():
     data = Digits().load(64, 0, [], 30)
     options = dropout.Options(rate=0.3, samples=8)
-    posterior = dropout.fit(data, MLP(width=16), options, TINY, 0, ignore)
+    posterior = METHODS["dropout"].fit(data, MLP(width=16), options, TINY, 0, ignore)
     probs = posterior.predict(data.eval_sets["test"][0])
     assert probs.shape == (8, 30, 10) and not torch.allclose(probs[0], probs[1])
     posterior.samples = 1
@@ -362,14 +362,16 @@ def test_mc_dropout_refuses_a_model_without_dropout_layers_before_training():
         raise AssertionError("training started")
 
     with pytest.raises(ValueError, match=r"MC dropout needs dropout layers, but model .*NoDropout.* has none"):
-        dropout.fit(Digits().load(20, 0, [], 5), NoDropout(), dropout.Options(rate=0.2), TINY, 0, fail)
-    assert dropout.unsupported_model(MLP()) is None
+        METHODS["dropout"].fit(Digits().load(20, 0, [], 5), NoDropout(), dropout.Options(rate=0.2), TINY, 0, fail)
+    assert METHODS["dropout"].unsupported_model(MLP()) is None
 
 
 def test_the_registry_key_is_the_module_name_and_every_method_keeps_the_protocol():
-    for name, module in METHODS.items():
-        assert module.__name__ == f"raysweep.methods.{name}"
-        assert isinstance(module.uses_model, bool) and callable(module.fit) and callable(module.unsupported)
+    for name, method in METHODS.items():
+        assert type(method).__module__ == f"raysweep.methods.{name}" and method.name == name
+        assert isinstance(method, Method) and isinstance(method.uses_model, bool)
+        assert type(method).fit is not Method.fit  # every method trains something
         options = MethodOptions().options_of(name, {})
-        if options is not None:
-            assert options.problems() is None and options.smoke().problems() is None
+        assert options == method.Options()
+        assert options.problems() is None and options.smoke().problems() is None
+        assert method.samples(options) >= 1 and method.networks_trained(options) >= 1

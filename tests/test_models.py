@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from raysweep import experiment as E
-from raysweep.methods import dropout, ensemble, laplace
+from raysweep.methods import METHODS, dropout, ensemble
 from raysweep.models import MODELS, count_parameters
 from raysweep.models.cnn import CNN
 from raysweep.models.mlp import MLP
@@ -34,7 +34,7 @@ def test_image_models_take_any_image_size_and_grow_with_their_knob(name):
     assert network(torch.randn(2, 3, 8, 8)).shape == (2, 10)
     larger = replace(model, **{model.size_knob: bigger}).build(3, 10)
     assert count_parameters(larger) > count_parameters(network)
-    assert laplace.unsupported_model(model) is None
+    assert METHODS["laplace"].unsupported_model(model) is None
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -42,7 +42,7 @@ def test_dropout_layers_only_when_asked(name):
     model, _ = SMALL[name]
     has_dropout = lambda m: any(isinstance(x, nn.Dropout) for x in m.modules())  # noqa: E731
     assert not has_dropout(model.build(3, 10)) and has_dropout(model.build(3, 10, dropout=0.1))
-    assert dropout.unsupported_model(model) is None
+    assert METHODS["dropout"].unsupported_model(model) is None
 
 
 def test_resnet18_and_wrn_16_4_have_their_usual_sizes():
@@ -60,7 +60,7 @@ def test_stacked_ensemble_training_runs_and_learns(name):
     if name == "vit":
         model = replace(model, patch=2, max_patches=16)
     losses = []
-    posterior = ensemble.fit(data, model, ensemble.Options(members=2), E.Train(epochs=3, batch_size=32, lr=3e-3),
+    posterior = METHODS["ensemble"].fit(data, model, ensemble.Options(members=2), E.Train(epochs=3, batch_size=32, lr=3e-3),
                              0, lambda epoch, loss: losses.append(loss))
     probs = posterior.predict(data.eval_sets["rotated"][0])
     assert probs.shape == (2, 64, 10) and torch.allclose(probs.sum(-1), torch.ones(2, 64))
@@ -70,7 +70,7 @@ def test_stacked_ensemble_training_runs_and_learns(name):
 
 def test_mc_dropout_on_an_image_model_gives_varying_samples():
     data = Digits(as_images=True).load(64, 0, [], 32)
-    posterior = dropout.fit(data, CNN(width=4), dropout.Options(rate=0.3, samples=4),
+    posterior = METHODS["dropout"].fit(data, CNN(width=4), dropout.Options(rate=0.3, samples=4),
                             E.Train(epochs=1, batch_size=32), 0, lambda *_: None)
     probs = posterior.predict(data.eval_sets["test"][0])
     assert probs.shape == (4, 32, 10) and not torch.equal(probs[0], probs[1])

@@ -33,3 +33,32 @@ def test_an_unreachable_dataset_is_a_clear_error_before_work(root, monkeypatch):
     e = E.load(root / "experiments" / "lm.py")
     with pytest.raises(E.ExperimentError, match="cannot reach the data of task"):
         e.validate()
+
+
+# Counted by hand from each method's fit: (networks trained, training phases, S at prediction) under
+# the options below. A method added to the registry without a row here fails the test below.
+HAND_COUNTS = {
+    "exact": (0, 0, 1),  # no network: no training FLOPs, P = d
+    "ensemble": (5, 1, 5),  # members=5
+    "dropout": (1, 1, 32),  # samples=32
+    "vi": (1, 1, 32),
+    "laplace": (1, 1, 32),
+    "swag": (1, 2, 32),  # training, then as many SWA steps
+    "sghmc": (1, 2, 16),  # training (burn-in), then as many sampler steps
+    "csgld": (1, 2, 16),  # cycles=4 x samples_per_cycle=4
+}
+
+
+@pytest.mark.parametrize("method", sorted(E.METHODS))
+def test_plan_counts_every_methods_networks_phases_and_samples_by_hand(root, method):
+    assert method in HAND_COUNTS, f"add the hand count of method {method!r} to HAND_COUNTS"
+    networks, phases, samples = HAND_COUNTS[method]
+    e = E.apply_overrides(E.load(root / "experiments" / "regression.py"),
+                          ["grid.n=100", "grid.sizes=16", f"grid.methods={method}", "grid.seeds=0", "grid.ood=",
+                           "train.epochs=3", "train.min_steps=0", "methods.ensemble.members=5"])
+    (cost,) = estimate(e)
+    d = e.task.dim
+    params = (d * 16 + 16) + (16 * 16 + 16) + (16 * 2 + 2) if networks else d  # MLP d -> 16 -> 16 -> (mean, var)
+    assert cost.params == params
+    assert cost.train_flops == 6 * params * (3 * 100) * phases * networks
+    assert cost.eval_flops == 2 * params * e.task.n_test * samples

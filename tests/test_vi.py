@@ -5,7 +5,7 @@ import torch
 
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
-from raysweep.methods import exact, vi
+from raysweep.methods import METHODS, vi
 from raysweep.models.mlp import MLP
 from raysweep.tasks.regression import LinearRegression
 from raysweep.tasks.vision import Digits
@@ -26,8 +26,8 @@ def test_vi_epistemic_uncertainty_is_within_ten_percent_of_the_exact_posterior(g
     options = vi.Options(guide=guide, rank=2, last_layer=True, prior_precision=task.prior_precision,
                          lr=0.05, samples=1000)
     steps = 300 if guide == "meanfield" else 600  # the low-rank guide's ELBO gradients are noisier
-    approx = vi.fit(data, linear_model, options, Train(epochs=1, min_steps=steps, batch_size=200), 0, ignore)
-    ours, theirs = evaluate(approx, data), evaluate(exact.fit(data, None, None, None, 0, ignore), data)
+    approx = METHODS["vi"].fit(data, linear_model, options, Train(epochs=1, min_steps=steps, batch_size=200), 0, ignore)
+    ours, theirs = evaluate(approx, data), evaluate(METHODS["exact"].fit(data, None, None, None, 0, ignore), data)
     for split in ("test", "shifted"):
         assert ours[split]["epistemic"] == pytest.approx(theirs[split]["epistemic"], rel=0.10)
 
@@ -39,7 +39,7 @@ def test_the_elbo_is_scaled_to_the_dataset_size(linear_model):
     losses = {}
     for batch in (32, 256):
         seen = []
-        vi.fit(data, linear_model, vi.Options(last_layer=True, samples=2),
+        METHODS["vi"].fit(data, linear_model, vi.Options(last_layer=True, samples=2),
                Train(epochs=1, batch_size=batch), 0, lambda epoch, loss: seen.append(loss))
         losses[batch] = seen[-1]
     assert losses[32] == pytest.approx(losses[256], rel=0.3)
@@ -49,7 +49,7 @@ def test_two_fitted_posteriors_keep_their_own_parameters():
     data = Digits().load(64, 0, [], 10)
     x = data.eval_sets["test"][0]
     train = Train(epochs=2, batch_size=32)
-    first = vi.fit(data, MLP(width=8), vi.Options(samples=2), train, 0, ignore)
+    first = METHODS["vi"].fit(data, MLP(width=8), vi.Options(samples=2), train, 0, ignore)
     before = first.predict(x)
-    vi.fit(data, MLP(width=8), vi.Options(samples=2), train, 1, ignore)  # same parameter names
+    METHODS["vi"].fit(data, MLP(width=8), vi.Options(samples=2), train, 1, ignore)  # same parameter names
     torch.testing.assert_close(first.predict(x), before)

@@ -1,57 +1,62 @@
-"""Method registry. The key, the file name and the `method` value in the results are one word.
+"""Method registry: REGISTRY lists one instance of every method; everything else is derived from it.
 
-Each method module has:
-  uses_model: bool                        does it train the experiment's network?
-  unsupported(task) -> str | None         why it cannot run a task, or None
-  Options (optional)                      a frozen dataclass of its settings
-  fit(data, model, options, train, seed, on_epoch, device) -> posterior
-and the posterior has predict(x) returning S predictive distributions for the batch:
-  classification: probabilities (S, B, C);  regression: Gaussian means (S, B) and variances (S, B),
-  on the device of x (the posterior moves x to its own device).
-A method whose fit needs something of the model (dropout layers, a linear last layer) also has
-  unsupported_model(model) -> str | None, checked by fit before any training.
+    METHODS         {name: method}, what experiments, cells and the Ray edge look methods up in
+    MethodOptions   a frozen dataclass with one field per method that has options, e.g.
+                    MethodOptions(ensemble=ensemble.Options(members=4)); `--set methods.<name>.<field>`
+
+Adding a method: a new file methods/<name>.py with an `Options` dataclass and a `Method` subclass
+(the protocol and its hooks are documented in methods/base.py), and one line in REGISTRY.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 from raysweep.methods import csgld, dropout, ensemble, exact, laplace, sghmc, swag, vi
+from raysweep.methods.base import Method, NoOptions
 
-METHODS = {
-    "exact": exact,
-    "ensemble": ensemble,
-    "dropout": dropout,
-    "vi": vi,
-    "laplace": laplace,
-    "swag": swag,
-    "sghmc": sghmc,
-    "csgld": csgld,
-}
+REGISTRY: tuple[Method, ...] = (
+    exact.Exact(),
+    ensemble.Ensemble(),
+    dropout.Dropout(),
+    vi.VI(),
+    laplace.Laplace(),
+    swag.SWAG(),
+    sghmc.SGHMC(),
+    csgld.CSGLD(),
+)
+
+METHODS: dict[str, Method] = {method.name: method for method in REGISTRY}
 
 
-@dataclass(frozen=True)
-class MethodOptions:
-    """Settings of every method that has some, one field per method name."""
-
-    ensemble: ensemble.Options = field(default_factory=ensemble.Options)
-    dropout: dropout.Options = field(default_factory=dropout.Options)
-    vi: vi.Options = field(default_factory=vi.Options)
-    laplace: laplace.Options = field(default_factory=laplace.Options)
-    swag: swag.Options = field(default_factory=swag.Options)
-    sghmc: sghmc.Options = field(default_factory=sghmc.Options)
-    csgld: csgld.Options = field(default_factory=csgld.Options)
-
-    def for_method(self, name: str) -> dict:
-        options = getattr(self, name, None)
-        return dataclasses.asdict(options) if options is not None else {}
+class _AllOptions:
+    """What MethodOptions adds to its generated fields."""
 
     def options_of(self, name: str, values: dict):
-        return type(getattr(self, name))(**values) if hasattr(self, name) else None
+        """The options of method `name` rebuilt from a cell's stored dict (NoOptions if it has none)."""
+        return METHODS[name].Options(**values)
 
-    def smoke(self) -> "MethodOptions":
-        return replace(self, **{f.name: getattr(self, f.name).smoke() for f in dataclasses.fields(self)})
+    def for_method(self, name: str) -> dict:
+        """The options of method `name` as a plain dict, as stored in a cell."""
+        return dataclasses.asdict(getattr(self, name)) if name in _OPTION_FIELDS else {}
+
+    def smoke(self):
+        return replace(self, **{name: getattr(self, name).smoke() for name in _OPTION_FIELDS})
 
     def problems(self) -> str | None:
-        return next((p for f in dataclasses.fields(self) if (p := getattr(self, f.name).problems())), None)
+        return next((p for name in _OPTION_FIELDS if (p := getattr(self, name).problems())), None)
+
+
+_OPTION_FIELDS = [method.name for method in REGISTRY if method.Options is not NoOptions]
+
+MethodOptions = dataclasses.make_dataclass(
+    "MethodOptions",
+    [(name, METHODS[name].Options, field(default_factory=METHODS[name].Options)) for name in _OPTION_FIELDS],
+    bases=(_AllOptions,),
+    frozen=True,
+)
+MethodOptions.__module__ = __name__  # pickled by reference (Ray ships experiments to workers)
+MethodOptions.__doc__ = "Settings of every method that has some, one field per method name (derived from REGISTRY)."
+
+__all__ = ["METHODS", "REGISTRY", "Method", "MethodOptions", "NoOptions"]

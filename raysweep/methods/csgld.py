@@ -21,15 +21,20 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from raysweep.methods.base import Method
 from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
 from raysweep.training.loop import augmenter, seeded_network, train_network
 from raysweep.training.samples import SampledNetworks, flatten
-from raysweep.training.sgmcmc import NoiseEstimate, gradient_and_noise, independent_minibatches
-
-uses_model = True
+from raysweep.training.sgmcmc import (
+    NoiseEstimate,
+    gradient_and_noise,
+    independent_minibatches,
+)
 
 
 @dataclass(frozen=True)
+
+
 class Options:
     lr: float = 0.1  # peak η·N of each cycle, on the per-example loss scale
     cycles: int = 4
@@ -57,51 +62,59 @@ class Options:
         return None
 
 
-def unsupported(task) -> str | None:
-    return None
+class CSGLD(Method):
+    """Cyclical SGLD samples after ordinary training as burn-in."""
 
+    name = "csgld"
+    Options = Options
 
-def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> SampledNetworks:
-    # Burn-in by ordinary training (Adam, the ensemble members' budget): from a random start, a few
-    # hundred plain-SGD steps at lr ≤ 0.1 left the chain far from any mode (test accuracy 0.25 at
-    # width 8 on digits). The cycles then start at a mode; their stationary law is unchanged.
-    network = train_network(seeded_network(model, data, seed, device), data, train, seed, on_epoch)
-    x, y = data.train_x.to(device), data.train_y.to(device)
-    n, trained = len(x), epochs_for(train, len(x))
-    per_epoch = steps_per_epoch(train, n)
-    # as many steps as training took, and at least enough for every cycle to hold its samples
-    epochs = max(trained, math.ceil(options.cycles * 2 * options.samples_per_cycle / per_epoch))
-    cycle = epochs * per_epoch // options.cycles  # L; leftover steps at the end are not run
-    sampling_from = int(options.exploration * cycle)
-    # positions in a cycle where a sample is taken: evenly over the sampling stage's second half
-    gap = max((cycle - sampling_from) // (2 * options.samples_per_cycle), 1)
-    keep = {cycle - 1 - i * gap for i in range(options.samples_per_cycle)}
-    params = list(network.parameters())
-    minibatch_noise = NoiseEstimate()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    samples, step = [], 0
-    augment = augmenter(data, seed + 1)
-    for epoch, batches in independent_minibatches(n, train.batch_size, epochs, seed + 1, device):
-        total, count = 0.0, 0
-        for idx in batches:
-            if step >= cycle * options.cycles:
-                break
-            position = step % cycle
-            eta = options.lr / 2 * (math.cos(math.pi * position / cycle) + 1) / n
-            grads, variances, nll = gradient_and_noise(network, params, augment(x[idx]), y[idx], data.kind, n,
-                                                       options.prior_precision)
-            with torch.no_grad():
-                for p, g, variance in zip(params, grads, minibatch_noise.update(variances)):
-                    p.add_(g, alpha=-eta)
-                    if position >= sampling_from:
-                        # the minibatch already adds η²·Var ĝ; inject the rest of 2ηT (training.gradient_and_noise)
-                        injected = (2 * eta * options.temperature - eta ** 2 * variance).clamp_min(0)
-                        p.add_(torch.randn(p.shape, generator=generator, device=device) * injected.sqrt())
-            if position in keep:
-                samples.append(flatten(network))
-            step += 1
-            total, count = total + nll.item(), count + 1
-        if count:
-            check_finite(trained + epoch, total / count)
-            on_epoch(trained + epoch, total / count)  # epochs count on after training
-    return SampledNetworks(network, torch.stack(samples), data.kind)  # (S, P)
+    def fit(self, data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> SampledNetworks:
+        # Burn-in by ordinary training (Adam, the ensemble members' budget): from a random start, a few
+        # hundred plain-SGD steps at lr ≤ 0.1 left the chain far from any mode (test accuracy 0.25 at
+        # width 8 on digits). The cycles then start at a mode; their stationary law is unchanged.
+        network = train_network(seeded_network(model, data, seed, device), data, train, seed, on_epoch)
+        x, y = data.train_x.to(device), data.train_y.to(device)
+        n, trained = len(x), epochs_for(train, len(x))
+        per_epoch = steps_per_epoch(train, n)
+        # as many steps as training took, and at least enough for every cycle to hold its samples
+        epochs = max(trained, math.ceil(options.cycles * 2 * options.samples_per_cycle / per_epoch))
+        cycle = epochs * per_epoch // options.cycles  # L; leftover steps at the end are not run
+        sampling_from = int(options.exploration * cycle)
+        # positions in a cycle where a sample is taken: evenly over the sampling stage's second half
+        gap = max((cycle - sampling_from) // (2 * options.samples_per_cycle), 1)
+        keep = {cycle - 1 - i * gap for i in range(options.samples_per_cycle)}
+        params = list(network.parameters())
+        minibatch_noise = NoiseEstimate()
+        generator = torch.Generator(device=device).manual_seed(seed)
+        samples, step = [], 0
+        augment = augmenter(data, seed + 1)
+        for epoch, batches in independent_minibatches(n, train.batch_size, epochs, seed + 1, device):
+            total, count = 0.0, 0
+            for idx in batches:
+                if step >= cycle * options.cycles:
+                    break
+                position = step % cycle
+                eta = options.lr / 2 * (math.cos(math.pi * position / cycle) + 1) / n
+                grads, variances, nll = gradient_and_noise(network, params, augment(x[idx]), y[idx], data.kind, n,
+                                                           options.prior_precision)
+                with torch.no_grad():
+                    for p, g, variance in zip(params, grads, minibatch_noise.update(variances)):
+                        p.add_(g, alpha=-eta)
+                        if position >= sampling_from:
+                            # the minibatch already adds η²·Var ĝ; inject the rest of 2ηT (training.gradient_and_noise)
+                            injected = (2 * eta * options.temperature - eta ** 2 * variance).clamp_min(0)
+                            p.add_(torch.randn(p.shape, generator=generator, device=device) * injected.sqrt())
+                if position in keep:
+                    samples.append(flatten(network))
+                step += 1
+                total, count = total + nll.item(), count + 1
+            if count:
+                check_finite(trained + epoch, total / count)
+                on_epoch(trained + epoch, total / count)  # epochs count on after training
+        return SampledNetworks(network, torch.stack(samples), data.kind)  # (S, P)
+
+    def training_phases(self, options: Options) -> int:
+        return 2  # training (the burn-in), then as many sampler steps again, cut into cycles
+
+    def samples(self, options: Options) -> int:
+        return options.cycles * options.samples_per_cycle

@@ -11,14 +11,15 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from raysweep.methods.base import Method
 from raysweep.training.likelihood import to_prediction
 from raysweep.training.loop import train_members
 from raysweep.training.stack import StackedMembers
 
-uses_model = True
-
 
 @dataclass(frozen=True)
+
+
 class Options:
     rate: float = 0.1
     samples: int = 32
@@ -32,20 +33,6 @@ class Options:
         if self.samples < 1:
             return f"methods.dropout.samples must be >= 1, got {self.samples}"
         return None
-
-
-def unsupported(task) -> str | None:
-    return None
-
-
-def unsupported_model(model) -> str | None:
-    """MC dropout needs a network that puts dropout layers in when asked to."""
-    with torch.device("meta"):  # only the structure matters: nothing allocated or initialised
-        network = model.build(4, 2, dropout=0.5)
-    if not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in network.modules()):
-        return (f"MC dropout needs dropout layers, but model {model!r} built with dropout=0.5 has none; "
-                f"use a model whose build() adds nn.Dropout (e.g. raysweep.models.mlp.MLP)")
-    return None
 
 
 class Posterior:
@@ -62,10 +49,28 @@ class Posterior:
         return to_prediction(outputs.to(x.device), self.kind)
 
 
-def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:
-    if options.rate > 0 and (problem := unsupported_model(model)):
-        raise ValueError(problem)  # before any training
-    torch.manual_seed(seed)
-    network = model.build(data.input_dim, data.output_dim, dropout=options.rate).to(device)
-    stack = train_members(StackedMembers([network]), data, train, seed, on_epoch)
-    return Posterior(stack, data.kind, options.samples)
+class Dropout(Method):
+    """MC dropout: one network trained with dropout, S stochastic passes at prediction."""
+
+    name = "dropout"
+    Options = Options
+
+    def unsupported_model(self, model) -> str | None:
+        """MC dropout needs a network that puts dropout layers in when asked to."""
+        with torch.device("meta"):  # only the structure matters: nothing allocated or initialised
+            network = model.build(4, 2, dropout=0.5)
+        if not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in network.modules()):
+            return (f"MC dropout needs dropout layers, but model {model!r} built with dropout=0.5 has none; "
+                    f"use a model whose build() adds nn.Dropout (e.g. raysweep.models.mlp.MLP)")
+        return None
+
+    def fit(self, data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:
+        if options.rate > 0 and (problem := self.unsupported_model(model)):
+            raise ValueError(problem)  # before any training
+        torch.manual_seed(seed)
+        network = model.build(data.input_dim, data.output_dim, dropout=options.rate).to(device)
+        stack = train_members(StackedMembers([network]), data, train, seed, on_epoch)
+        return Posterior(stack, data.kind, options.samples)
+
+    def samples(self, options: Options) -> int:
+        return options.samples

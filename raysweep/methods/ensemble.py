@@ -12,17 +12,17 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from raysweep.methods.base import Method
 from raysweep.training.likelihood import to_prediction
 from raysweep.training.loop import train_members
 from raysweep.training.stack import StackedMembers
-
-uses_model = True
-
 
 ENGINES = ("vmap", "deepspeed")
 
 
 @dataclass(frozen=True)
+
+
 class Options:
     members: int = 5
     engine: str = "vmap"  # "vmap": all members as one batched model; "deepspeed": one by one with ZeRO
@@ -44,10 +44,6 @@ class Options:
         return None
 
 
-def unsupported(task) -> str | None:
-    return None
-
-
 class Posterior:
     def __init__(self, stack: StackedMembers, kind: str):
         self.stack, self.kind = stack, kind
@@ -58,12 +54,27 @@ class Posterior:
         return to_prediction(outputs.to(x.device), self.kind)  # (S=M, B, C) or (M, B) means and variances
 
 
-def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu"):
-    if options.engine == "deepspeed":
-        from raysweep.training import deepspeed_members
+class Ensemble(Method):
+    """Deep ensembles: M members, each its own initialisation and data order."""
 
-        return deepspeed_members.fit(data, model, options, train, seed, on_epoch, device)
-    torch.manual_seed(seed)
-    members = [model.build(data.input_dim, data.output_dim).to(device) for _ in range(options.members)]
-    stack = train_members(StackedMembers(members), data, train, seed, on_epoch)
-    return Posterior(stack, data.kind)
+    name = "ensemble"
+    Options = Options
+
+    def fit(self, data, model, options: Options, train, seed: int, on_epoch, device="cpu"):
+        if options.engine == "deepspeed":
+            from raysweep.training import deepspeed_members
+
+            return deepspeed_members.fit(data, model, options, train, seed, on_epoch, device)
+        torch.manual_seed(seed)
+        members = [model.build(data.input_dim, data.output_dim).to(device) for _ in range(options.members)]
+        stack = train_members(StackedMembers(members), data, train, seed, on_epoch)
+        return Posterior(stack, data.kind)
+
+    def networks_trained(self, options: Options) -> int:
+        return options.members
+
+    def samples(self, options: Options) -> int:
+        return options.members
+
+    def train_workers(self, options: Options) -> int:
+        return options.workers_per_member if options.engine == "deepspeed" else 0

@@ -8,15 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from raysweep.methods.base import Method
 from raysweep.tasks.data import REGRESSION
-
-uses_model = False  # no network, so the size axis of the grid does not apply
-
-
-def unsupported(task) -> str | None:
-    if not hasattr(task, "noise_var") or not hasattr(task, "prior_precision"):
-        return "it needs a linear-Gaussian task with a known noise variance and prior precision (task 'regression')"
-    return None
 
 
 class Posterior:
@@ -35,11 +28,22 @@ class Posterior:
         return means, torch.full_like(means, self.noise_var)
 
 
-def fit(data, model, options, train, seed: int, on_epoch, device="cpu") -> Posterior:
-    assert data.kind == REGRESSION
-    noise_var, alpha = data.extras["noise_var"], data.extras["prior_precision"]
-    x, y = data.train_x.double(), data.train_y.double()
-    precision = alpha * torch.eye(x.shape[1], dtype=torch.float64) + x.T @ x / noise_var
-    covariance = torch.linalg.inv(precision)
-    mean = covariance @ (x.T @ y) / noise_var
-    return Posterior(mean, covariance, noise_var)
+class Exact(Method):
+    """The exact conjugate posterior (no network: one cell per N and seed)."""
+
+    name = "exact"
+    uses_model = False  # no network, so the size axis of the grid does not apply
+
+    def unsupported(self, task) -> str | None:
+        if not hasattr(task, "noise_var") or not hasattr(task, "prior_precision"):
+            return "it needs a linear-Gaussian task with a known noise variance and prior precision (task 'regression')"
+        return None
+
+    def fit(self, data, model, options, train, seed: int, on_epoch, device="cpu") -> Posterior:
+        assert data.kind == REGRESSION
+        noise_var, alpha = data.extras["noise_var"], data.extras["prior_precision"]
+        x, y = data.train_x.double(), data.train_y.double()
+        precision = alpha * torch.eye(x.shape[1], dtype=torch.float64) + x.T @ x / noise_var
+        covariance = torch.linalg.inv(precision)
+        mean = covariance @ (x.T @ y) / noise_var
+        return Posterior(mean, covariance, noise_var)

@@ -36,11 +36,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from raysweep.methods.base import Method
+from raysweep.tasks.data import CLASSIFICATION
 from raysweep.training.likelihood import gaussian_head
 from raysweep.training.loop import seeded_network, train_network
-from raysweep.tasks.data import CLASSIFICATION
-
-uses_model = True
 
 HESSIANS = ("full", "kron")
 PREDICTIVES = ("sampling", "probit")
@@ -49,6 +48,8 @@ LOG_ALPHA_RANGE = (-12.0, 12.0)  # search range of log prior precision for the m
 
 
 @dataclass(frozen=True)
+
+
 class Options:
     hessian: str = "kron"
     prior: str = "marglik"  # "marglik": maximise the evidence; "fixed": use prior_precision
@@ -71,22 +72,6 @@ class Options:
         if self.samples < 1:
             return f"methods.laplace.samples must be >= 1, got {self.samples}"
         return None
-
-
-def unsupported(task) -> str | None:
-    return None
-
-
-def unsupported_model(model) -> str | None:
-    """Last-layer Laplace needs an nn.Sequential whose last module is an nn.Linear."""
-    with torch.device("meta"):  # only the structure matters: nothing allocated or initialised
-        network = model.build(4, 2)
-    last = _last_layer(network)
-    if last is None:
-        kind = type(list(network.children())[-1]).__name__ if isinstance(network, nn.Sequential) and len(network) else type(network).__name__
-        return (f"last-layer Laplace needs a model whose last layer is linear (an nn.Sequential ending in "
-                f"nn.Linear), but model {model!r} ends in {kind}")
-    return None
 
 
 def _last_layer(network: nn.Module) -> nn.Linear | None:
@@ -178,25 +163,6 @@ def _eigh(matrix: torch.Tensor):
     return values.clamp_min(0.0), vectors  # the GGN is PSD; clamp rounding below 0
 
 
-def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:
-    if problem := unsupported_model(model):
-        raise ValueError(problem)  # before any training
-    network = seeded_network(model, data, seed, device)
-    network = train_network(network, data, train, seed, on_epoch)
-    last = _last_layer(network)
-    body, bias = network[:-1].eval(), last.bias is not None
-    # The curvature is that of the training images as they are: training may have seen random crops
-    # and flips (task.augment), but the likelihood the posterior approximates is of the data set.
-    x, y = data.train_x.to(device), data.train_y.to(device)
-    with torch.no_grad():
-        phi = _features(body, bias, x)  # (N, F)
-        theta = torch.cat([last.weight, last.bias[:, None]], 1) if bias else last.weight.clone()
-        theta = theta.double()  # (C_out, F)
-        if data.kind == CLASSIFICATION:
-            return _fit_classification(body, bias, phi, theta, y, options, seed)
-        return _fit_regression(body, bias, network, x, phi, y.double(), data, options, seed)
-
-
 def _fit_classification(body, bias, phi, theta, y, options: Options, seed: int) -> Posterior:
     probs = (phi @ theta.T).softmax(-1)  # (N, C)
     lam = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]  # (N, C, C)
@@ -249,8 +215,49 @@ def _log_prior_and_occam(alpha: float, square_norm: float, values: torch.Tensor)
 
 def _maximise(evidence) -> float:
     """The prior precision α that maximises the evidence, searched over log α."""
-    from scipy.optimize import minimize_scalar  # here: only Laplace cells pay its import (~0.5 s)
+    from scipy.optimize import (
+        minimize_scalar,  # here: only Laplace cells pay its import (~0.5 s)
+    )
 
     result = minimize_scalar(lambda log_alpha: -evidence(math.exp(log_alpha)), bounds=LOG_ALPHA_RANGE,
                              method="bounded", options={"xatol": 1e-6})
     return math.exp(result.x)
+
+
+class Laplace(Method):
+    """Last-layer Laplace approximation around the trained network."""
+
+    name = "laplace"
+    Options = Options
+
+    def unsupported_model(self, model) -> str | None:
+        """Last-layer Laplace needs an nn.Sequential whose last module is an nn.Linear."""
+        with torch.device("meta"):  # only the structure matters: nothing allocated or initialised
+            network = model.build(4, 2)
+        last = _last_layer(network)
+        if last is None:
+            kind = type(list(network.children())[-1]).__name__ if isinstance(network, nn.Sequential) and len(network) else type(network).__name__
+            return (f"last-layer Laplace needs a model whose last layer is linear (an nn.Sequential ending in "
+                    f"nn.Linear), but model {model!r} ends in {kind}")
+        return None
+
+    def fit(self, data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:
+        if problem := self.unsupported_model(model):
+            raise ValueError(problem)  # before any training
+        network = seeded_network(model, data, seed, device)
+        network = train_network(network, data, train, seed, on_epoch)
+        last = _last_layer(network)
+        body, bias = network[:-1].eval(), last.bias is not None
+        # The curvature is that of the training images as they are: training may have seen random crops
+        # and flips (task.augment), but the likelihood the posterior approximates is of the data set.
+        x, y = data.train_x.to(device), data.train_y.to(device)
+        with torch.no_grad():
+            phi = _features(body, bias, x)  # (N, F)
+            theta = torch.cat([last.weight, last.bias[:, None]], 1) if bias else last.weight.clone()
+            theta = theta.double()  # (C_out, F)
+            if data.kind == CLASSIFICATION:
+                return _fit_classification(body, bias, phi, theta, y, options, seed)
+            return _fit_regression(body, bias, network, x, phi, y.double(), data, options, seed)
+
+    def samples(self, options: Options) -> int:
+        return options.samples

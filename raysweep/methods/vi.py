@@ -26,17 +26,20 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal, init_to_value
+from pyro.infer.autoguide import (
+    AutoLowRankMultivariateNormal,
+    AutoNormal,
+    init_to_value,
+)
 from pyro.nn import PyroSample
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
+from raysweep.methods.base import Method
+from raysweep.tasks.data import CLASSIFICATION
 from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
 from raysweep.training.likelihood import gaussian_head
 from raysweep.training.loop import augmenter, minibatches
-from raysweep.tasks.data import CLASSIFICATION
-
-uses_model = True
 
 GUIDES = ("meanfield", "lowrank")
 INIT_SCALE = 0.05  # the guide's initial standard deviation around the network's usual init
@@ -44,6 +47,8 @@ LR_DECAY = 0.1  # the learning rate falls by this factor over training
 
 
 @dataclass(frozen=True)
+
+
 class Options:
     guide: str = "meanfield"
     rank: int = 10  # guide="lowrank" only
@@ -67,10 +72,6 @@ class Options:
         if self.samples < 1:
             return f"methods.vi.samples must be >= 1, got {self.samples}"
         return None
-
-
-def unsupported(task) -> str | None:
-    return None
 
 
 def bayesian_network(network: nn.Module, prior_precision: float, last_layer: bool) -> nn.Module:
@@ -126,35 +127,44 @@ class Posterior:
         return outputs[..., 0], outputs[..., 1]  # (S, B) means and variances
 
 
-def fit(data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:
-    pyro.set_rng_seed(seed)
-    network = model.build(data.input_dim, data.output_dim).to(device)
-    network, init = bayesian_network(network, options.prior_precision, options.last_layer)
-    noise_var = data.extras.get("noise_var") if data.kind != CLASSIFICATION else None
-    pyro_model = Model(network, data.kind, noise_var)
-    x, y = data.train_x.to(device), data.train_y.to(device)
-    n = len(x)
-    with pyro.get_param_store().scope() as store_state:
-        if options.guide == "meanfield":
-            guide = AutoNormal(pyro_model, init_loc_fn=init_to_value(values=init), init_scale=INIT_SCALE)
-            elbo = TraceMeanField_ELBO()
-        else:
-            guide = AutoLowRankMultivariateNormal(pyro_model, init_loc_fn=init_to_value(values=init),
-                                                  init_scale=INIT_SCALE, rank=options.rank)
-            elbo = Trace_ELBO()
-        epochs = epochs_for(train, n)
-        steps = epochs * steps_per_epoch(train, n)
-        # Adam whose step size decays to lr/10 by the end: the last iterates average out the ELBO's noise
-        optimizer = pyro.optim.ClippedAdam({"lr": options.lr, "lrd": LR_DECAY ** (1 / steps), "clip_norm": 100.0})
-        svi = SVI(pyro_model, guide, optimizer, elbo)
-        augment = augmenter(data, seed)
-        for epoch, batches in minibatches(n, train.batch_size, epochs, seed, device):
-            # svi.step returns the negative ELBO estimate for the whole data set: report it per example.
-            # Pyro's argument validation costs ~30% of a small model's step; the model was checked on step 1.
-            with pyro.validation_enabled(epoch == 1):
-                loss = sum(svi.step(augment(x[idx]), y[idx], n) for idx in batches) / len(batches) / n
-            check_finite(epoch, loss)
-            on_epoch(epoch, loss)
-        with torch.no_grad():
-            draws = Predictive(guide, num_samples=options.samples)(x[:1])  # {site: (S, ...)}
-    return Posterior(pyro_model, draws, store_state, data.kind)
+class VI(Method):
+    """Mean-field or low-rank Gaussian variational inference over the weights, with Pyro."""
+
+    name = "vi"
+    Options = Options
+
+    def fit(self, data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:
+        pyro.set_rng_seed(seed)
+        network = model.build(data.input_dim, data.output_dim).to(device)
+        network, init = bayesian_network(network, options.prior_precision, options.last_layer)
+        noise_var = data.extras.get("noise_var") if data.kind != CLASSIFICATION else None
+        pyro_model = Model(network, data.kind, noise_var)
+        x, y = data.train_x.to(device), data.train_y.to(device)
+        n = len(x)
+        with pyro.get_param_store().scope() as store_state:
+            if options.guide == "meanfield":
+                guide = AutoNormal(pyro_model, init_loc_fn=init_to_value(values=init), init_scale=INIT_SCALE)
+                elbo = TraceMeanField_ELBO()
+            else:
+                guide = AutoLowRankMultivariateNormal(pyro_model, init_loc_fn=init_to_value(values=init),
+                                                      init_scale=INIT_SCALE, rank=options.rank)
+                elbo = Trace_ELBO()
+            epochs = epochs_for(train, n)
+            steps = epochs * steps_per_epoch(train, n)
+            # Adam whose step size decays to lr/10 by the end: the last iterates average out the ELBO's noise
+            optimizer = pyro.optim.ClippedAdam({"lr": options.lr, "lrd": LR_DECAY ** (1 / steps), "clip_norm": 100.0})
+            svi = SVI(pyro_model, guide, optimizer, elbo)
+            augment = augmenter(data, seed)
+            for epoch, batches in minibatches(n, train.batch_size, epochs, seed, device):
+                # svi.step returns the negative ELBO estimate for the whole data set: report it per example.
+                # Pyro's argument validation costs ~30% of a small model's step; the model was checked on step 1.
+                with pyro.validation_enabled(epoch == 1):
+                    loss = sum(svi.step(augment(x[idx]), y[idx], n) for idx in batches) / len(batches) / n
+                check_finite(epoch, loss)
+                on_epoch(epoch, loss)
+            with torch.no_grad():
+                draws = Predictive(guide, num_samples=options.samples)(x[:1])  # {site: (S, ...)}
+        return Posterior(pyro_model, draws, store_state, data.kind)
+
+    def samples(self, options: Options) -> int:
+        return options.samples

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the cell is recorded as failed, not retried."""
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from raysweep.tasks.data import CLASSIFICATION, IGNORE_INDEX
 
+
 def loss_per_member(outputs: torch.Tensor, targets: torch.Tensor, kind: str, may_ignore: bool = True) -> torch.Tensor:
     """outputs (M, B, out), targets (M, B) -> mean loss per member (M,).
 

@@ -10,6 +10,7 @@ from torch import nn
 from raysweep.training.likelihood import to_prediction
 from raysweep.training.stack import StackedMembers
 
+
 def flatten(network: nn.Module) -> torch.Tensor:
     """All parameters as one vector (P,), in named_parameters order."""
     return torch.cat([p.detach().reshape(-1) for p in network.parameters()])

@@ -10,6 +10,7 @@ from torch import nn
 
 from raysweep.training.likelihood import mean_loss
 
+
 def independent_minibatches(n: int, batch: int, epochs: int, seed: int, device):
     """Like `minibatches`, but every minibatch drawn with replacement, independently of the others.
     SG-MCMC needs this: its noise correction (gradient_and_noise) assumes white minibatch noise,

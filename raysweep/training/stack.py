@@ -17,6 +17,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from raysweep.training import batched
 
+
 class StackedMembers:
     """M members of one architecture held as stacked parameters: each tensor is (M, ...)."""
 
