@@ -191,7 +191,7 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
     bad_n = [n for n in g.n if not isinstance(n, int) or n <= 0]
     if bad_n:
         raise ExperimentError(f"grid.n must hold positive integers, got {bad_n}")
-    minimum = getattr(e.task, "min_train_size", lambda: 1)()
+    minimum = e.task.min_train_size()
     too_small = [n for n in g.n if n < minimum]
     if too_small:
         raise ExperimentError(f"grid.n value(s) {too_small} are below the {minimum} a cell of task "
@@ -234,9 +234,8 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
     if any(METHODS[m].uses_model for m in g.methods):
         # Shapes that do not fit (images into an MLP, a ViT patch that does not tile the image)
         # fail here rather than inside the first trial.
-        for first, second in ((e.model, e.task), (e.task, e.model)):
-            check = getattr(first, "problems_with", None)
-            if check and (problem := check(second)):
+        for problem in (e.model.problems_with(e.task), e.task.problems_with(e.model)):
+            if problem:
                 raise ExperimentError(problem)
 
 

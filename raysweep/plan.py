@@ -38,7 +38,7 @@ class CellCost:
 
 def estimate(experiment: Experiment) -> list[CellCost]:
     input_dim, output_dim, units, eval_examples = _task_dims(experiment)
-    counts_tokens = getattr(experiment.task, "counts_tokens", False)  # N in tokens, not examples
+    counts_tokens = experiment.task.counts_tokens  # N in tokens, not examples
     parameters = {}
     costs = []
     for cell in cells(experiment):
@@ -60,8 +60,9 @@ def estimate(experiment: Experiment) -> list[CellCost]:
 def _task_dims(experiment: Experiment) -> tuple[int, int, int, int]:
     """(input_dim, output_dim, units per example, evaluation examples over all splits)."""
     task = experiment.task
-    if hasattr(task, "plan_dims"):  # tasks whose data may be out of reach (a hub) say it themselves
-        return task.plan_dims(experiment.eval.max_examples, len(experiment.grid.ood))
+    dims = task.plan_dims(experiment.eval.max_examples, len(experiment.grid.ood))
+    if dims is not None:  # tasks whose data may be out of reach (a hub) say it themselves
+        return dims
     sample = task.load(min(experiment.grid.n), 0, list(experiment.grid.ood), experiment.eval.max_examples)
     units = sample.train_x[0].numel() if sample.train_x.dtype == torch.long else 1
     return sample.input_dim, sample.output_dim, units, sum(len(x) for x, _ in sample.eval_sets.values())

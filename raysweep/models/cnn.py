@@ -16,6 +16,8 @@ from typing import ClassVar
 
 from torch import nn
 
+from raysweep.models.base import Model
+
 
 def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with up to 8 groups (as many as divide the channels): per-example, vmap-safe."""
@@ -25,7 +27,7 @@ def group_norm(channels: int) -> nn.GroupNorm:
 def image_problems(model, task) -> str | None:
     """Why `task` cannot feed `model` images, or None. Tasks that can give images have `image_shape`
     ((C, H, W), or None when they give flat vectors)."""
-    shape = getattr(task, "image_shape", None)
+    shape = task.image_shape
     if shape is None or len(shape) != 3:
         return (f"model {type(model).__name__} takes images (N, C, H, W), but task {task!r} gives flat vectors; "
                 f"give the task images (Digits(as_images=True), Vision(flatten=False)) or use model MLP")
@@ -33,7 +35,7 @@ def image_problems(model, task) -> str | None:
 
 
 @dataclass(frozen=True)
-class CNN:
+class CNN(Model):
     """stages x [conv3x3 → GroupNorm → ReLU → 2x2 max-pool]; channels width, 2·width, 4·width, …;
     then global average pooling and a linear classifier. P grows about as width²."""
 

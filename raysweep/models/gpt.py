@@ -13,11 +13,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from raysweep.models.base import Model
+
 ATTENTION = ("eager", "sdpa")
 
 
 @dataclass(frozen=True)
-class GPT:
+class GPT(Model):
     n_embd: int = 128
     n_layer: int = 2
     head_dim: int = 32

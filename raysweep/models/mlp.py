@@ -7,9 +7,11 @@ from typing import ClassVar
 
 from torch import nn
 
+from raysweep.models.base import Model
+
 
 @dataclass(frozen=True)
-class MLP:
+class MLP(Model):
     width: int = 64
     depth: int = 2  # hidden layers
     size_knob: ClassVar[str] = "width"

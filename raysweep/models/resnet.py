@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from raysweep.models.base import Model
 from raysweep.models.cnn import group_norm, image_problems
 
 
@@ -58,7 +59,7 @@ class WideBlock(nn.Module):
 
 
 @dataclass(frozen=True)
-class ResNet:
+class ResNet(Model):
     width: int = 64  # channels of the first stage; later stages double it
     blocks: tuple[int, ...] = (2, 2, 2, 2)  # basic blocks per stage: ResNet-18; (3, 4, 6, 3) is ResNet-34
     size_knob: ClassVar[str] = "width"
@@ -88,7 +89,7 @@ class ResNet:
 
 
 @dataclass(frozen=True)
-class WideResNet:
+class WideResNet(Model):
     widen: int = 4  # the width multiplier k of WRN-d-k
     depth: int = 16  # 6·blocks + 4: 10, 16, 22, 28, 40, ...
     size_knob: ClassVar[str] = "widen"

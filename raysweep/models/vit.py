@@ -19,11 +19,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from raysweep.models.base import Model
 from raysweep.models.cnn import image_problems
 
 
 @dataclass(frozen=True)
-class ViT:
+class ViT(Model):
     dim: int = 64  # embedding width
     depth: int = 4  # transformer blocks
     head_dim: int = 16  # heads = dim // head_dim

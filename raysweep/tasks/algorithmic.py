@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from raysweep.tasks.base import Task
 from raysweep.tasks.data import CLASSIFICATION, IGNORE_INDEX, TaskData, nested_subset
 
 OPERATIONS = {
@@ -24,7 +25,7 @@ OPERATIONS = {
 
 
 @dataclass(frozen=True)
-class ModularArithmetic:
+class ModularArithmetic(Task):
     modulus: int = 97
     operation: str = "add"
     ood_operation: str = "sub"

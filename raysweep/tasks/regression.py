@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from raysweep.tasks.base import Task
 from raysweep.tasks.data import REGRESSION, TaskData
 
 # Inputs of the "shifted" OOD set are this many times wider than training inputs: a covariate
@@ -21,7 +22,7 @@ OOD_SCALE = 3.0
 
 
 @dataclass(frozen=True)
-class LinearRegression:
+class LinearRegression(Task):
     dim: int = 20
     noise_var: float = 0.25  # σ²
     prior_precision: float = 1.0  # α

@@ -21,6 +21,8 @@ from typing import ClassVar
 
 import torch
 
+from raysweep.tasks import hub
+from raysweep.tasks.base import Task
 from raysweep.tasks.data import CLASSIFICATION, TaskData, nested_subset
 
 BYTE_VOCAB = 256
@@ -29,7 +31,7 @@ KNOWN_VOCAB = {"gpt2": 50257, "EleutherAI/gpt-neox-20b": 50277}
 
 
 @dataclass(frozen=True)
-class Text:
+class Text(Task):
     counts_tokens: ClassVar[bool] = True  # grid.n is a number of training tokens
 
     source: str = "pydoc"  # "pydoc", "hf:<dataset>[:<config>]" or "text:<glob of local text files>"
@@ -98,14 +100,12 @@ def _load_corpus(source: str, tokenizer: str, max_tokens: int) -> torch.Tensor:
 
 def _dataset_texts(source: str, max_chars: int):
     """Text of an HF dataset (or local text files read by `datasets`), up to about max_chars."""
-    from datasets import load_dataset
-
     kind, _, rest = source.partition(":")
     if kind == "text":
-        dataset = load_dataset("text", data_files=rest, split="train")
+        dataset = hub.load_split("text", None, "train", data_files=rest)
     else:
         name, _, config = rest.partition(":")
-        dataset = load_dataset(name, config or None, split="train")
+        dataset = hub.load_split(name, config or None, "train")
     total = 0
     for row in dataset:
         yield row["text"]

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raysweep.tasks import hub
+from raysweep.tasks.base import Task
 from raysweep.tasks.data import CLASSIFICATION, TaskData, nested_subset
 
 N_DIGITS = 1797
@@ -43,7 +45,7 @@ SPLIT_SEED = 12345  # fixes which images are held out for evaluation, for every 
 
 
 @dataclass(frozen=True)
-class Digits:
+class Digits(Task):
     """Handwritten digits; OOD sets:
 
     - "rotated": the test digits turned 90°, no longer a readable digit of any class,
@@ -100,8 +102,7 @@ class Digits:
 
 def _model_problems(task, model, flat_hint: str) -> str | None:
     """Images need an image model, and flat vectors a model that takes them (e.g. the MLP)."""
-    takes_images = getattr(model, "takes_images", False)
-    if task.image_shape is not None and not takes_images:
+    if task.image_shape is not None and not model.takes_images:
         return (f"task {type(task).__name__} gives images {task.image_shape}, but model {type(model).__name__} "
                 f"takes flat vectors; set {flat_hint} or use an image model (cnn, resnet, wrn, vit)")
     return None  # flat vectors to an image model: the model's own problems_with says so
@@ -131,7 +132,7 @@ HUB_IMAGE_SHAPE = (3, 32, 32)  # every hub dataset above: 32x32 RGB
 
 
 @dataclass(frozen=True)
-class Vision:
+class Vision(Task):
     """One of DATASETS (see the module docstring); OOD sets: the other datasets, and "noise"."""
 
     dataset: str = "cifar10"
@@ -221,19 +222,9 @@ class Vision:
 
 @functools.lru_cache(maxsize=16)
 def _load_split(root: str, name: str, split: str):
-    """One split of a dataset as an HF Dataset (memory-mapped Arrow; images decode on access)."""
-    import datasets
-
+    """One split of a dataset, from the hub or from root/<name> (see hub.load_split)."""
     source = DATASETS[name]
-    if not root:
-        return datasets.load_dataset(source.hub, source.config, split=split)
-    path = Path(root).expanduser() / name
-    if (path / "dataset_dict.json").exists():  # written by DatasetDict.save_to_disk
-        splits = datasets.load_from_disk(str(path))
-        if split not in splits:
-            raise ValueError(f"{path} has splits {list(splits)}, but {name!r} needs a {split!r} split")
-        return splits[split]
-    return datasets.load_dataset(str(path), split=split)  # parquet (or other) files, laid out as on the hub
+    return hub.load_split(str(Path(root) / name) if root else source.hub, source.config, split)
 
 
 def _images(dataset, column: str, idx: torch.Tensor, shape) -> torch.Tensor:
