@@ -1,6 +1,31 @@
-"""raysweep: how predictive uncertainty scales with data (N) and model size (P)."""
+"""raysweep: how predictive uncertainty scales with data (N) and model size (P).
 
-from raysweep.experiment import Eval, Experiment, Grid, Resources, Train
-from raysweep.methods import MethodOptions
+The names below are loaded on first use (PEP 562), so `import raysweep.store`, `raysweep.scaling`
+or `raysweep.clusters` does not pay for torch and pyro, which the experiment classes pull in
+through the method registry.
+"""
 
-__all__ = ["Experiment", "Grid", "Train", "Eval", "Resources", "MethodOptions"]
+import importlib
+
+_LAZY = {
+    "Experiment": "raysweep.experiment",
+    "Grid": "raysweep.experiment",
+    "Train": "raysweep.experiment",
+    "Eval": "raysweep.experiment",
+    "Resources": "raysweep.experiment",
+    "MethodOptions": "raysweep.methods",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'raysweep' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

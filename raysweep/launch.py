@@ -235,7 +235,7 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
                                                                                 resources.gpus)),
         param_space={"chunk": tune.grid_search(chunks), "cpus": resources.cpus, "gpus": resources.gpus},
         tune_config=tune.TuneConfig(
-            # Small cells would otherwise pay for a fresh worker process each (DESIGN.md §6).
+            # Small cells would otherwise pay for a fresh worker process each (docs/design.md §6).
             reuse_actors=True,
             # Drivers of Train runs take almost no CPU: without a limit Tune would start a driver for
             # every such cell at once, each waiting for workers (Ray's Train+Tune guide).

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 @pytest.mark.parametrize("n, expected", [(400, 0.0255), (6400, 0.00157)])
 def test_exact_posterior_matches_the_checked_simulation(n, expected):
-    # DESIGN.md: d = 20, σ² = 0.25, α = 1 gives mean EU 0.0255 at N = 400 and 0.00157 at N = 6400.
+    # docs/design.md §2: d = 20, σ² = 0.25, α = 1 gives mean EU 0.0255 at N = 400 and 0.00157 at N = 6400.
     # Another draw of the data moves the mean by a few percent, hence the 8% tolerance.
     data = LinearRegression(dim=20, noise_var=0.25, prior_precision=1.0, n_test=2000).load(n, 0, [], 2000)
     metrics = evaluate(METHODS["exact"].fit(data, None, None, TINY, 0, ignore), data)
