@@ -25,8 +25,9 @@ def evaluate(posterior, data: TaskData, ece_bins: int = 15) -> dict[str, dict[st
             row |= _fit_quality(scores, ece_bins)
         if name != "test":
             test = per_split["test"]
-            row["auroc_epistemic"] = U.ood_auroc(test["epistemic"], scores["epistemic"])
-            row["auroc_total"] = U.ood_auroc(test["total"], scores["total"])
+            for score in ("epistemic", "total"):
+                row[f"auroc_{score}"] = U.ood_auroc(test[score], scores[score])
+                row[f"fpr95_{score}"] = U.fpr_at_tpr(test[score], scores[score], 0.95)
         metrics[name] = row
     return metrics
 
@@ -103,4 +104,7 @@ def _fit_quality(scores: dict[str, torch.Tensor], ece_bins: int) -> dict[str, fl
         "error_rate": 1.0 - accuracy,
         "ece": U.calibration_error(scores["confidence"], scores["correct"], ece_bins),
         "brier": scores["brier"].mean().item(),
+        # selective prediction: reject the least confident first (top-class confidence of p̄)
+        "aurc": U.aurc(scores["confidence"], scores["correct"]),
+        "augrc": U.augrc(scores["confidence"], scores["correct"]),
     }

@@ -25,6 +25,7 @@ METRICS = [
     "total_var", "aleatoric_var", "epistemic_var",
     "nll", "accuracy", "error_rate", "ece", "brier", "rmse",
     "auroc_epistemic", "auroc_total",
+    "fpr95_epistemic", "fpr95_total", "aurc", "augrc",
 ]
 
 SCHEMA = pa.schema(

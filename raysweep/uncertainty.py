@@ -195,3 +195,57 @@ def ood_auroc(score_in, score_out) -> float:
     ranks = rankdata(np.concatenate([s_in, s_out]))
     rank_sum_out = ranks[s_in.size:].sum()
     return float((rank_sum_out - s_out.size * (s_out.size + 1) / 2) / (s_in.size * s_out.size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Selective prediction and OOD detection at a fixed recall. Written here (numpy, a few lines)
+# rather than taken from torch-uncertainty, whose package import needs Lightning; the tests check
+# these against its AURC, AUGRC and FPR95 metrics.
+
+def selective_risks(confidence, correct) -> np.ndarray:
+    """r(k/N) for k = 1..N: the error rate of the k most confident predictions (ties broken by
+    position: a stable sort)."""
+    order = np.argsort(-_np(confidence), kind="stable")
+    errors = 1.0 - _np(correct).astype(np.float64)[order]
+    return np.cumsum(errors) / np.arange(1, errors.size + 1)
+
+
+def aurc(confidence, correct) -> float:
+    """Area under the risk-coverage curve (Geifman & El-Yaniv, 2017), lower is better:
+    the trapezoid integral of r(κ) over κ = k/N in [1/N, 1], divided by its length 1 − 1/N
+    (torch-uncertainty 0.13's convention). NaN for fewer than 2 examples."""
+    risks = selective_risks(confidence, correct)
+    return _coverage_integral(risks)
+
+
+def augrc(confidence, correct) -> float:
+    """Area under the generalised risk-coverage curve (Traub et al., 2024): the integral of κ · r(κ),
+    the joint probability of being accepted and wrong, normalised as in `aurc`. Lower is better."""
+    risks = selective_risks(confidence, correct)
+    return _coverage_integral(risks * np.arange(1, risks.size + 1) / risks.size)
+
+
+def _coverage_integral(values: np.ndarray) -> float:
+    n = values.size
+    if n < 2:
+        return float("nan")
+    trapezoid = (values[:-1] + values[1:]).sum() / (2 * n)  # steps of 1/N between the N coverages
+    return float(trapezoid / (1 - 1 / n))
+
+
+def fpr_at_tpr(score_in, score_out, tpr: float = 0.95) -> float:
+    """False-positive rate on ID inputs at the first score threshold that flags at least `tpr` of the
+    OOD inputs (higher score = more OOD; thresholds only between groups of tied scores, so no
+    unreachable operating point is claimed). FPR95 is the usual report. Lower is better."""
+    s_in, s_out = _np(score_in).astype(np.float64).ravel(), _np(score_out).astype(np.float64).ravel()
+    if s_in.size == 0 or s_out.size == 0:
+        raise ValueError(f"fpr_at_tpr needs scores on both sides, got {s_in.size} ID and {s_out.size} OOD")
+    scores = np.concatenate([s_in, s_out])
+    is_out = np.concatenate([np.zeros(s_in.size, bool), np.ones(s_out.size, bool)])
+    order = np.argsort(-scores, kind="stable")
+    scores, is_out = scores[order], is_out[order]
+    ends = np.append(np.flatnonzero(scores[1:] != scores[:-1]), scores.size - 1)  # last index of each tie group
+    true_pos = np.cumsum(is_out)[ends]
+    false_pos = ends + 1 - true_pos
+    first = np.flatnonzero(true_pos / s_out.size >= tpr)[0]
+    return float(false_pos[first] / s_in.size)

@@ -97,3 +97,55 @@ def test_auroc_matches_torchmetrics_including_ties():
 def test_auroc_needs_both_sides():
     with pytest.raises(ValueError, match="needs scores on both sides, got 0 ID and 2 OOD"):
         U.ood_auroc([], [1.0, 2.0])
+
+
+def torch_uncertainty_metric(module: str, name: str):
+    """A torch-uncertainty metric class, loaded from its file: the package's own __init__ imports
+    Lightning (for its CLI), which the metrics themselves do not need."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("torch_uncertainty")
+    path = Path(spec.submodule_search_locations[0]) / "metrics" / "classification" / f"{module}.py"
+    loaded = importlib.util.spec_from_file_location(f"_tu_{module}", path)
+    code = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(code)
+    return getattr(code, name)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_aurc_and_augrc_match_torch_uncertainty(seed):
+    predictive = random_probs(1, 500, 10, seed)[0]  # (B, C), continuous confidences: no ties
+    labels = torch.randint(10, (500,), generator=torch.Generator().manual_seed(seed + 10))
+    labels[:200] = predictive[:200].argmax(-1)  # some right, some wrong
+    confidence, predicted = predictive.max(-1)
+    correct = (predicted == labels).double()
+    for ours, name in ((U.aurc, "AURC"), (U.augrc, "AUGRC")):
+        metric = torch_uncertainty_metric("risk_coverage", name)()
+        metric.update(predictive, labels)
+        assert ours(confidence, correct) == pytest.approx(metric.compute().item(), rel=1e-6)
+
+
+def test_aurc_of_a_perfect_ranking_and_of_no_ranking():
+    correct = np.array([1.0] * 80 + [0.0] * 20)
+    perfect = U.aurc(np.linspace(1, 0, 100), correct)  # every error ranked below every success
+    # r(k/N) = 0 for k <= 80, then (k - 80)/k: the closed-form trapezoid of those risks
+    risks = np.array([max(0, k - 80) / k for k in range(1, 101)])
+    assert perfect == pytest.approx(((risks[:-1] + risks[1:]) / 2).sum() / 100 / 0.99)
+    reversed_ = U.aurc(np.linspace(0, 1, 100), correct)  # every error ranked above every success
+    assert reversed_ > 0.5 > perfect
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fpr_at_95_tpr_matches_torch_uncertainty_with_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    score_in = torch.randint(0, 20, (300,), generator=g).double()  # integers: many ties
+    score_out = torch.randint(5, 25, (200,), generator=g).double()
+    metric = torch_uncertainty_metric("fpr", "FPR95")(pos_label=1)
+    metric.update(torch.cat([score_in, score_out]), torch.cat([torch.zeros(300), torch.ones(200)]).long())
+    assert U.fpr_at_tpr(score_in, score_out, 0.95) == pytest.approx(metric.compute().item())
+
+
+def test_fpr_at_95_tpr_of_separable_and_identical_scores():
+    assert U.fpr_at_tpr(np.zeros(50), np.ones(50)) == 0.0
+    assert U.fpr_at_tpr(np.ones(50), np.ones(50)) == 1.0
