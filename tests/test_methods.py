@@ -3,6 +3,7 @@ import math
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -375,3 +376,19 @@ def test_the_registry_key_is_the_module_name_and_every_method_keeps_the_protocol
         assert options == method.Options()
         assert options.problems() is None and options.smoke().problems() is None
         assert method.samples(options) >= 1 and method.networks_trained(options) >= 1
+
+
+@pytest.mark.parametrize("n", [100, 1000])
+def test_ivon_learns_the_optimal_mean_field_gaussian_of_a_linear_model(n):
+    # For y = wᵀx + ε with known σ², the best diagonal Gaussian (KL(q‖p) minimised) has the exact
+    # posterior's mean and variances 1/Λ_ii, Λ = αI + XᵀX/σ²; IVON's Hessian estimate targets Λ_ii.
+    task = LinearRegression(dim=4, noise_var=0.25, prior_precision=1.0)
+    data = task.load(n, 1, [], 300)
+    x = data.train_x.double().numpy()
+    precision_diag = task.prior_precision + (x ** 2).sum(0) / task.noise_var  # diag of Λ
+    test_x = data.eval_sets["test"][0].double().numpy()
+    optimal_eu = (0.5 * np.log1p((test_x ** 2 / precision_diag).sum(1) / task.noise_var)).mean()
+    options = METHODS["ivon"].Options(samples=400)
+    train = Train(epochs=1, min_steps=3000, batch_size=32)
+    posterior = METHODS["ivon"].fit(data, FixedNoiseLinearModel(task.noise_var), options, train, 0, ignore)
+    assert evaluate(posterior, data)["test"]["epistemic"] == pytest.approx(optimal_eu, rel=0.25)

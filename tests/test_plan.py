@@ -46,6 +46,7 @@ HAND_COUNTS = {
     "swag": (1, 2, 32),  # training, then as many SWA steps
     "sghmc": (1, 2, 16),  # training (burn-in), then as many sampler steps
     "csgld": (1, 2, 16),  # cycles=4 x samples_per_cycle=4
+    "ivon": (1, 1, 32),
 }
 
 

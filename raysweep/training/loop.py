@@ -37,10 +37,10 @@ def train_members(
     train,
     seed: int,
     on_epoch: Callable[[int, float], None],
-    optimizer: str = "adam",
+    optimizer: str | optim.Factory = "adam",
 ) -> StackedMembers:
-    """Minibatch training of every member at once with the named optimizer (training.optim);
-    reports the mean member loss after each epoch."""
+    """Minibatch training of every member at once with the optimizer a method chose (a name in
+    training.optim.OPTIMIZERS, or a factory); reports the mean member loss after each epoch."""
     device = stack.device
     x, y = data.train_x.to(device), data.train_y.to(device)
     optimizer = optim.make(optimizer, list(stack.params.values()), train)
@@ -55,10 +55,11 @@ def train_members(
         total = torch.zeros((), device=device)  # summed where the losses are: no host sync per step
         for step in range(steps):
             idx = order[:, step * batch:(step + 1) * batch]  # (M, b)
-            outputs = stack.forward(augment(x[idx]), shared_input=False, train=True)
-            losses = loss_per_member(outputs, y[idx], data.kind, may_ignore)
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()  # members share no parameters, so each gets its own gradient
+            with optim.sampling(optimizer):  # a variational optimizer (IVON) draws this pass's weights
+                outputs = stack.forward(augment(x[idx]), shared_input=False, train=True)
+                losses = loss_per_member(outputs, y[idx], data.kind, may_ignore)
+                optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()  # members share no parameters, so each gets its own gradient
             optimizer.step()
             total += losses.detach().mean()
         epoch_loss = total.item() / steps
@@ -68,18 +69,13 @@ def train_members(
 
 
 def train_network(network: nn.Module, data: TaskData, train, seed: int, on_epoch,
-                  optimizer: str = "adam") -> nn.Module:
+                  optimizer: str | optim.Factory = "adam") -> nn.Module:
     """Minibatch training of one network (the same loop as the ensembles, with M = 1); returns it trained."""
     stack = train_members(StackedMembers([network]), data, train, seed, on_epoch, optimizer)
     with torch.no_grad():
         for name, value in network.named_parameters():
             value.copy_(stack.params[name][0])
     return network
-
-
-def mean_loss(network: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean per-example negative log-likelihood of one network on a batch (a scalar)."""
-    return loss_per_member(network(x).unsqueeze(0), y.unsqueeze(0), kind)[0]
 
 
 def minibatches(n: int, batch: int, epochs: int, seed: int, device):

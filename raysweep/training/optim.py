@@ -3,15 +3,17 @@ training loops build it here (`make(name, params, train)`) instead of hard-codin
 
     OPTIMIZERS = {"adam": adam, "sgd": sgd}
 
-A new optimizer (SAM, IVON's own) is one function `(params, train) -> torch.optim.Optimizer` and
+A new optimizer (e.g. SAM) is one function `(params, train) -> torch.optim.Optimizer` and
 one line in OPTIMIZERS; the optimizers used for stacked members must be element-wise (Adam, SGD),
 so that M members trained as one stack stay M independent runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
+import ivon
 import torch
 
 Factory = Callable[[list, object], torch.optim.Optimizer]
@@ -33,7 +35,19 @@ def sgd(params: list[torch.Tensor], train) -> torch.optim.Optimizer:
 OPTIMIZERS: dict[str, Factory] = {"adam": adam, "sgd": sgd}
 
 
-def make(name: str, params: list[torch.Tensor], train) -> torch.optim.Optimizer:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, train)
+def make(optimizer: str | Factory, params: list[torch.Tensor], train) -> torch.optim.Optimizer:
+    """The optimizer named in OPTIMIZERS, or built by a method's own factory (e.g. IVON with the
+    effective sample size and prior of its cell)."""
+    if callable(optimizer):
+        return optimizer(params, train)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[optimizer](params, train)
+
+
+def sampling(optimizer: torch.optim.Optimizer) -> contextlib.AbstractContextManager:
+    """The context each forward and backward pass runs in: a variational optimizer (IVON) draws the
+    weights of the pass from its posterior there and restores the means after; a no-op otherwise."""
+    if isinstance(optimizer, ivon.IVON):
+        return optimizer.sampled_params(train=True)
+    return contextlib.nullcontext()
