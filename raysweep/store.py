@@ -363,6 +363,7 @@ def set_aside(root: str | Path) -> Path | None:
 
 
 def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.part")
     temporary.write_text(json.dumps(value, indent=1, sort_keys=True))
     os.replace(temporary, path)
