@@ -503,7 +503,8 @@ def lint_config(config: dict, text: str = "", ray_version: str | None = None) ->
         for match in pattern.finditer(text):
             line = text.count("\n", 0, match.start()) + 1
             problems.append(f"line {line}: looks like {what}; keep credentials out of the file")
-    provider = (config.get("provider") or {}).get("type")
+    provider = config.get("provider")
+    provider = provider.get("type") if isinstance(provider, dict) else provider
     if provider not in PROVIDERS:
         problems.append(f"provider.type: {provider!r} has no security rules in raysweep/clusters.py "
                         f"(known: {', '.join(PROVIDERS)}); add them before adding the cluster file")
