@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -38,7 +40,13 @@ SECRET_PATTERNS = {
     "a credential-like value": re.compile(
         r"(?i)\b\w*(secret|password|passwd|api_?key|token)\w*\s*[:=]\s*['\"]?[A-Za-z0-9/+_\-]{20,}"),
     "a GCP service-account key": re.compile(r'"private_key_id"|"type"\s*:\s*"service_account"'),
+    # https://user:token@host or https://ghp_...@host (git+https URLs in setup commands)
+    "a credential in a URL": re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^\s/@:]+:[^\s/@]+|[A-Za-z0-9_\-]{20,})@"),
 }
+# A public source broader than this (fewer prefix bits) is "the world" in practice: 0.0.0.0/1 plus
+# 128.0.0.0/1 is 0.0.0.0/0 in two rules.
+BROADEST_IPV4_PREFIX = 16
+BROADEST_IPV6_PREFIX = 32
 
 
 def installed_ray_version() -> str | None:
@@ -68,20 +76,71 @@ def _aws_rules(ip_permissions: list) -> list[tuple[str, int, int, list[str]]]:
     return rules
 
 
+class RuleError(ValueError):
+    """A firewall rule that cannot be read; reported as a finding, never a crash."""
+
+
+def _direction(fw: dict) -> str:
+    return str(fw.get("direction", "INGRESS")).strip().upper()
+
+
+def _ports(spec) -> list[tuple[int, int]]:
+    """"22", 22, "8000-9000" -> port ranges; "8265,6379" (one string) is split as gcloud would."""
+    ranges = []
+    for part in str(spec).split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            lo_i, hi_i = int(lo), int(hi or lo)
+        except ValueError:
+            raise RuleError(f"port {spec!r} is not a port or a range like 8000-9000") from None
+        if not 0 <= lo_i <= hi_i <= 65535:
+            raise RuleError(f"port range {spec!r} is outside 0-65535")
+        ranges.append((lo_i, hi_i))
+    return ranges
+
+
 def _firewall_rules(firewall: list) -> list[tuple[str, int, int, list[str]]]:
-    """GCP firewall resources (also used for on-premise hosts) -> normalised rules."""
+    """GCP firewall resources (also used for on-premise hosts) -> normalised ingress rules.
+
+    Read as GCP reads them: direction is INGRESS unless it says otherwise (any case), and a rule
+    with neither sourceRanges nor sourceTags admits 0.0.0.0/0."""
     rules = []
     for fw in firewall or []:
-        if fw.get("direction", "INGRESS") != "INGRESS":
+        if not isinstance(fw, dict):
+            raise RuleError(f"rule {fw!r} is not a mapping")
+        if _direction(fw) != "INGRESS":
             continue
-        sources = list(fw.get("sourceRanges", [])) + ["tag:" + t for t in fw.get("sourceTags", [])]
-        for allowed in fw.get("allowed", []):
+        sources = list(fw.get("sourceRanges") or []) + ["tag:" + t for t in fw.get("sourceTags") or []]
+        if not sources:
+            sources = ["0.0.0.0/0"]  # GCP's default for an ingress rule without sources
+        for allowed in fw.get("allowed") or []:
             proto = str(allowed.get("IPProtocol", "all"))
-            ports = allowed.get("ports") or ["0-65535"]
-            for spec in ports:
-                lo, _, hi = str(spec).partition("-")
-                rules.append((proto, int(lo), int(hi or lo), sources))
+            for spec in allowed.get("ports") or ["0-65535"]:
+                for lo, hi in _ports(spec):
+                    rules.append((proto, lo, hi, sources))
     return rules
+
+
+def _check_firewall(firewall, where: str) -> list[str]:
+    """Lint of a GCP-style rule list: directions raysweep cannot create, then the ingress rules."""
+    if not isinstance(firewall, list):
+        return [f"{where}: expected a list of rules, got {type(firewall).__name__}"]
+    problems = []
+    for fw in firewall:
+        if isinstance(fw, dict) and _direction(fw) not in ("INGRESS", "EGRESS"):
+            problems.append(f"{where}: rule {fw.get('name')!r} has direction {fw.get('direction')!r}; "
+                            f"use INGRESS (or EGRESS)")
+        elif isinstance(fw, dict) and _direction(fw) == "EGRESS":
+            problems.append(f"{where}: rule {fw.get('name')!r} is EGRESS; list ingress rules only here "
+                            f"(the firewall command creates ingress rules)")
+        if isinstance(fw, dict) and not fw.get("sourceRanges") and not fw.get("sourceTags") and _direction(fw) == "INGRESS":
+            problems.append(f"{where}: rule {fw.get('name')!r} has no sourceRanges or sourceTags; GCP then "
+                            f"admits 0.0.0.0/0; name the sources")
+    try:
+        problems += lint_ingress(_firewall_rules(firewall), where)
+    except (RuleError, AttributeError, TypeError) as exc:
+        problems.append(f"{where}: cannot read the rules: {exc}")
+    return problems
 
 
 def _network(source: str):
@@ -100,6 +159,12 @@ def lint_ingress(rules, where: str) -> list[str]:
             net = _network(source)
             if net is None:
                 continue
+            broad = not net.is_private and net.prefixlen < (
+                BROADEST_IPV4_PREFIX if net.version == 4 else BROADEST_IPV6_PREFIX)
+            if broad and net.prefixlen > 0:
+                problems.append(f"{where}: ports {lo}-{hi} ({proto}) are open to {source}, a public range "
+                                f"broader than /{BROADEST_IPV4_PREFIX if net.version == 4 else BROADEST_IPV6_PREFIX} "
+                                f"(rules like 0.0.0.0/1 + 128.0.0.0/1 add up to the world); use your network's CIDR")
             covered = [p for p in RAY_PORTS if lo <= p <= hi]
             if lo <= SSH_PORT <= hi:
                 ssh_sources.append(source)
@@ -151,20 +216,130 @@ def _check_versions(config: dict, ray_version: str | None) -> list[str]:
     return problems
 
 
+SCRIPT_RUNNERS = {"bash", "sh", "zsh", "source", ".", "python", "python3", "eval", "exec", "xargs"}
+
+
+def _simple_commands(text: str) -> list[list[str]]:
+    """A shell command line split into simple commands (at ; && || | & and newlines), each a list
+    of words. Unparseable text (an open quote) raises RuleError."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|()")
+    lexer.whitespace = " \t\r"
+    lexer.whitespace_split = True
+    commands, current = [], []
+    try:
+        for token in lexer:
+            if token and set(token) <= set(";&|()\n"):
+                commands.append(current)
+                current = []
+            elif token == "\n":
+                commands.append(current)
+                current = []
+            else:
+                current.append(token)
+    except ValueError as exc:
+        raise RuleError(f"cannot parse {text!r} as a shell command: {exc}") from None
+    commands.append(current)
+    return [c for c in commands if c]
+
+
+def _split_env(words: list[str]) -> tuple[dict, list[str]]:
+    """Leading VAR=value words (and an `env` prefix) -> (their values, the command's argv)."""
+    env = {}
+    while words and (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]) or words[0] == "env"):
+        if words[0] != "env":
+            name, _, value = words[0].partition("=")
+            env[name] = value
+        words = words[1:]
+    return env, words
+
+
+def _ray_starts(command: str) -> list[tuple[dict, list[str]]]:
+    """Each `ray start` in one command line with the environment it really gets: its own leading
+    assignments over what `export` set before it in the same line (VAR=x on another command, as in
+    `RAY_AUTH_MODE=token true; ray start`, does not count)."""
+    exported, starts = {}, []
+    for words in _simple_commands(command):
+        env, argv = _split_env(words)
+        if argv[:1] == ["export"]:
+            exported |= _split_env(argv[1:])[0]
+        elif argv[:2] == ["ray", "start"]:
+            starts.append((exported | env, argv))
+    return starts
+
+
+def _options(argv: list[str], name: str) -> list[str]:
+    """Every value of --name in argv (--name=v or --name v); a repeated option is checked each time."""
+    values = []
+    for i, word in enumerate(argv):
+        if word.startswith(name + "="):
+            values.append(word.split("=", 1)[1])
+        elif word == name:
+            values.append(argv[i + 1] if i + 1 < len(argv) else "")
+    return values
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _command_lists(config: dict, key: str) -> list[tuple[str, str]]:
+    """(where, command) for the top-level list `key` and that of every node type."""
+    out = [(key, str(c)) for c in config.get(key) or []]
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        out += [(f"available_node_types.{name}.{key}", str(c)) for c in (node_type or {}).get(key) or []]
+    return out
+
+
+def _check_start_commands(key: str, commands: list[tuple[str, str]], head: bool) -> list[str]:
+    problems, starts = [], 0
+    for where, command in commands:
+        try:
+            simple = _simple_commands(command)
+            found = _ray_starts(command)
+        except RuleError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        for words in simple:
+            argv = _split_env(words)[1]
+            if argv and (argv[0] in SCRIPT_RUNNERS or argv[0].startswith(("./", "/", "~"))) and argv[:2] != ["ray", "start"]:
+                problems.append(f"{where}: {' '.join(argv)!r} runs a script or program the lint cannot check; "
+                                f"write `ray start ...` itself in {key}")
+        for env, argv in found:
+            starts += 1
+            if env.get("RAY_AUTH_MODE") != "token":
+                problems.append(f"{where}: start Ray with token authentication (`RAY_AUTH_MODE=token ray start ...`); "
+                                f"this `ray start` gets RAY_AUTH_MODE={env.get('RAY_AUTH_MODE')!r}")
+            hosts = _options(argv, "--dashboard-host")
+            if head and (not hosts or not all(_is_loopback(h) for h in hosts)):
+                problems.append(f"{where}: bind the dashboard to loopback (`--dashboard-host=127.0.0.1`, once); "
+                                f"got {hosts or 'no --dashboard-host'}; reach it with `ray dashboard <cluster.yaml>`")
+            wildcard = [w for w in argv[2:] if w.split("=", 1)[-1] in ("0.0.0.0", "::", "[::]")]
+            if wildcard:
+                problems.append(f"{where}: 0.0.0.0 appears ({' '.join(wildcard)}); do not bind Ray services "
+                                f"to every interface")
+            if head and "--head" not in argv:
+                problems.append(f"{where}: the head's `ray start` lacks --head")
+    if head and not starts:
+        problems.append(f"{key}: no `ray start --head`")
+    elif not head and not starts:
+        problems.append(f"{key}: no `ray start`; start Ray with token authentication (`RAY_AUTH_MODE=token ray start ...`)")
+    return problems
+
+
 def _check_ray_start(config: dict) -> list[str]:
-    problems = []
-    head = _commands(config, "head_start_ray_commands")
-    worker = _commands(config, "worker_start_ray_commands")
-    if "ray start" not in head or "--head" not in head:
-        problems.append("head_start_ray_commands: no `ray start --head`")
-    if not re.search(r"--dashboard-host[= ](127\.0\.0\.1|localhost)\b", head):
-        problems.append("head_start_ray_commands: bind the dashboard to loopback "
-                        "(`--dashboard-host=127.0.0.1`); reach it with `ray dashboard <cluster.yaml>`")
-    if "0.0.0.0" in head + worker:
-        problems.append("start commands: 0.0.0.0 appears; do not bind Ray services to every interface")
-    for key, text in (("head_start_ray_commands", head), ("worker_start_ray_commands", worker)):
-        if not re.search(r"RAY_AUTH_MODE=token\b[^\n]*ray start", text):
-            problems.append(f"{key}: start Ray with token authentication (`RAY_AUTH_MODE=token ray start ...`)")
+    problems = _check_start_commands("head_start_ray_commands", _command_lists(config, "head_start_ray_commands"), True)
+    problems += _check_start_commands("worker_start_ray_commands", _command_lists(config, "worker_start_ray_commands"), False)
+    for key in ("setup_commands", "head_setup_commands", "worker_setup_commands", "initialization_commands"):
+        for where, command in _command_lists(config, key):
+            if re.search(r"\bray\s+start\b", command):
+                problems.append(f"{where}: `ray start` appears outside the start commands (perhaps written into a "
+                                f"script); start Ray only in head/worker_start_ray_commands, where it is checked")
+    problems += _check_docker(config.get("docker") or {})
     mounts = {str(k).rstrip("/"): str(v) for k, v in (config.get("file_mounts") or {}).items()}
     if "~/.ray/auth_token" not in mounts:
         problems.append("file_mounts: copy the token to every node "
@@ -172,13 +347,39 @@ def _check_ray_start(config: dict) -> list[str]:
     return problems
 
 
+def _check_docker(docker: dict) -> list[str]:
+    """`-p 8265:8265` in docker run options publishes a port on every interface of the host."""
+    problems = []
+    for key in ("run_options", "head_run_options", "worker_run_options"):
+        words = []
+        for option in docker.get(key) or []:
+            try:
+                words += shlex.split(str(option))
+            except ValueError as exc:
+                problems.append(f"docker.{key}: cannot parse {option!r}: {exc}")
+        for i, word in enumerate(words):
+            value = None
+            if word in ("-p", "--publish") and i + 1 < len(words):
+                value = words[i + 1]
+            elif word.startswith(("--publish=", "-p=")) or (word.startswith("-p") and len(word) > 2 and word[2] != "="):
+                value = word.split("=", 1)[1] if "=" in word[:10] else word[2:]
+            if word in ("-P", "--publish-all"):
+                problems.append(f"docker.{key}: {word} publishes every exposed port on every interface")
+            if value is not None:
+                host = value.rsplit(":", 2)[0] if value.count(":") >= 2 else ""
+                if not _is_loopback(host):
+                    problems.append(f"docker.{key}: `{word} {value}` publishes a port on every interface of the "
+                                    f"host; bind it to 127.0.0.1 (-p 127.0.0.1:8265:8265) or drop it")
+    return problems
+
+
 def _check_size(config: dict) -> list[str]:
     problems = []
     total = config.get("max_workers")
-    if not isinstance(total, int) or not 0 <= total <= MAX_WORKERS_LIMIT:
+    if isinstance(total, bool) or not isinstance(total, int) or not 0 <= total <= MAX_WORKERS_LIMIT:
         problems.append(f"max_workers: {total!r}; set an integer from 0 to {MAX_WORKERS_LIMIT}")
     idle = config.get("idle_timeout_minutes")
-    if not isinstance(idle, (int, float)) or idle <= 0:
+    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not math.isfinite(idle) or idle <= 0:
         problems.append(f"idle_timeout_minutes: {idle!r}; set a positive number so idle GPUs are released")
     head = config.get("head_node_type")
     for name, node_type in (config.get("available_node_types") or {}).items():
@@ -244,7 +445,7 @@ def _check_gcp(config: dict) -> list[str]:
     if not firewall:
         problems.append("metadata.raysweep.firewall: write the VPC's ingress firewall rules here")
     else:
-        problems += lint_ingress(_firewall_rules(firewall), "metadata.raysweep.firewall")
+        problems += _check_firewall(firewall, "metadata.raysweep.firewall")
     for name, node_type in (config.get("available_node_types") or {}).items():
         node = node_type.get("node_config") or {}
         where = f"available_node_types.{name}.node_config"
@@ -282,7 +483,7 @@ def _check_local(config: dict) -> list[str]:
     if not firewall:
         problems.append("metadata.raysweep.firewall: write the hosts' ingress firewall rules here")
     else:
-        problems += lint_ingress(_firewall_rules(firewall), "metadata.raysweep.firewall")
+        problems += _check_firewall(firewall, "metadata.raysweep.firewall")
     return problems
 
 
@@ -295,16 +496,25 @@ def lint_config(config: dict, text: str = "", ray_version: str | None = None) ->
     if ray_version is None:
         ray_version = installed_ray_version()
     problems = []
+    if not isinstance(config, dict):
+        what = "empty" if config is None else f"a {type(config).__name__}, not a mapping"
+        return [f"the file is {what}; expected a `ray up` cluster config"]
     for what, pattern in SECRET_PATTERNS.items():
         for match in pattern.finditer(text):
             line = text.count("\n", 0, match.start()) + 1
             problems.append(f"line {line}: looks like {what}; keep credentials out of the file")
-    provider = (config.get("provider") or {}).get("type")
+    provider = config.get("provider")
+    provider = provider.get("type") if isinstance(provider, dict) else provider
     if provider not in PROVIDERS:
         problems.append(f"provider.type: {provider!r} has no security rules in raysweep/clusters.py "
                         f"(known: {', '.join(PROVIDERS)}); add them before adding the cluster file")
-    problems += _check_size(config) + _check_versions(config, ray_version) + _check_ray_start(config)
-    problems += {"aws": _check_aws, "gcp": _check_gcp, "local": _check_local}.get(provider, lambda c: [])(config)
+    checks = [_check_size, lambda c: _check_versions(c, ray_version), _check_ray_start,
+              {"aws": _check_aws, "gcp": _check_gcp, "local": _check_local}.get(provider, lambda c: [])]
+    for check in checks:
+        try:
+            problems += check(config)
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:  # a malformed section: a finding, not a crash
+            problems.append(f"a section could not be checked ({type(exc).__name__}: {exc}); fix its structure")
     return problems
 
 
@@ -315,7 +525,11 @@ def load(path) -> tuple[dict, str]:
 
 
 def lint_file(path, ray_version: str | None = None) -> list[str]:
-    config, text = load(path)
+    import yaml
+    try:
+        config, text = load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return [f"{path}: cannot read it as YAML: {exc}"]
     return [f"{path}: {p}" for p in lint_config(config, text, ray_version)]
 
 
@@ -384,6 +598,11 @@ def main(argv=None) -> int:
         problems = [p for f in args.files for p in lint_file(f)]
         print("\n".join(problems) if problems else f"ok: {len(args.files)} file(s), no problems")
         return 1 if problems else 0
+    problems = lint_file(args.file)
+    if problems:  # never turn rules the lint rejects into cloud commands
+        print("\n".join(problems + [f"{args.file}: refusing to print firewall commands until these are fixed"]),
+              file=sys.stderr)
+        return 1
     print("\n".join(firewall_commands(load(args.file)[0])))
     return 0
 

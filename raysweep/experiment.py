@@ -9,7 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
+import re
 import runpy
+import signal
+import threading
+import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -75,12 +81,26 @@ class Experiment:
 # ---------------------------------------------------------------------------------------------
 # Loading an experiment file
 
-def load(path: str | Path) -> Experiment:
+# An experiment file is Python and runs as code: a file stuck in a loop must not hang the launch.
+LOAD_TIMEOUT_S = float(os.environ.get("RAYSWEEP_LOAD_TIMEOUT_S", "120"))
+
+
+class _LoadTimeout(Exception):
+    pass
+
+
+def load(path: str | Path, timeout_s: float | None = None) -> Experiment:
     path = Path(path)
     if not path.is_file():
         raise ExperimentError(f"experiment file {str(path)!r} does not exist")
+    timeout_s = LOAD_TIMEOUT_S if timeout_s is None else timeout_s
     try:
-        namespace = runpy.run_path(str(path))
+        namespace = _run_with_timeout(path, timeout_s)
+    except _LoadTimeout:
+        raise ExperimentError(f"experiment file {str(path)!r} did not finish loading within {timeout_s:g}s "
+                              f"(an endless loop?); set RAYSWEEP_LOAD_TIMEOUT_S to allow more") from None
+    except SystemExit as exc:  # sys.exit() in the file must not end the launch as if it had succeeded
+        raise ExperimentError(f"experiment file {str(path)!r} called sys.exit({exc.code!r}) while loading") from None
     except Exception as exc:  # the user's file: report what it raised, not a traceback of ours
         raise ExperimentError(f"experiment file {str(path)!r} raised {type(exc).__name__}: {exc}") from exc
     if "experiment" not in namespace:
@@ -91,6 +111,24 @@ def load(path: str | Path) -> Experiment:
             f"`experiment` in {str(path)!r} is a {type(experiment).__name__}, expected raysweep.Experiment"
         )
     return experiment
+
+
+def _run_with_timeout(path: Path, timeout_s: float) -> dict:
+    """runpy.run_path under a SIGALRM timer (it interrupts even a pure-Python loop). Signals exist
+    only in the main thread; elsewhere (a notebook's worker thread) the file runs without a limit."""
+    if threading.current_thread() is not threading.main_thread() or not timeout_s or timeout_s <= 0:
+        return runpy.run_path(str(path))
+
+    def expire(signum, frame):
+        raise _LoadTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        return runpy.run_path(str(path))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,9 +185,12 @@ def parse_value(text: str, hint, key: str):
         raise ExperimentError(f"--set {key}={text!r}: expected a bool (true or false)")
     if hint in (int, float):
         try:
-            return hint(text)
+            value = hint(text)
         except ValueError:
             raise ExperimentError(f"--set {key}={text!r}: expected {hint.__name__}") from None
+        if hint is float and not math.isfinite(value):
+            raise ExperimentError(f"--set {key}={text!r}: expected a finite float (not nan or inf)")
+        return value
     return text
 
 
@@ -172,8 +213,10 @@ def smoke(experiment: Experiment) -> Experiment:
 # Validation
 
 def _validate(e: Experiment, check_data: bool = True) -> None:
-    if not isinstance(e.name, str) or not e.name or "/" in e.name:
-        raise ExperimentError(f"experiment name {e.name!r} must be a non-empty string without '/'")
+    _check_name(e.name)
+    _check_types(e, "")
+    _check_seeds(e.grid.seeds)
+    _check_resources(e.resources)
     task_names = {cls: name for name, cls in TASKS.items()}
     if type(e.task) not in task_names:
         raise ExperimentError(f"unknown task {e.task!r}; allowed: {', '.join(TASKS)}")
@@ -237,6 +280,85 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
         for problem in (e.model.problems_with(e.task), e.task.problems_with(e.model)):
             if problem:
                 raise ExperimentError(problem)
+
+
+# One folder name: no separator, not "." or "..", not hidden (a leading "."), printable ASCII only.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+SEED_LIMIT = 2**32  # numpy's seed range
+INT64 = 2**63  # the store's integer columns
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ExperimentError(
+            f"experiment name {name!r} must be a non-empty string of at most 100 letters, digits, '.', '_' "
+            f"or '-' that does not start with '.' (it is a folder name under --output)")
+
+
+def _check_types(obj, prefix: str) -> None:
+    """Every field of a dataclass against its annotation, recursively; the annotations are the
+    list of fields, so a field added later is checked without touching this function."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value) and not isinstance(value, type):
+            _check_types(value, key + ".")
+        elif (problem := _type_problem(value, hint)) is not None:
+            raise ExperimentError(f"{key} = {value!r}: {problem}")
+
+
+def _type_problem(value, hint) -> str | None:
+    """Why `value` does not fit the annotation `hint`, or None. bool is not accepted as an int."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return None
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return f"expected a tuple of {_hint_name(args[0])}, e.g. ({_example(args[0])},), got a {type(value).__name__}"
+        item = args[0]
+        return next((f"item {v!r}: {p}" for v in value if (p := _type_problem(v, item)) is not None), None)
+    if origin in (typing.Union, types.UnionType):
+        if any(_type_problem(value, arg) is None for arg in args):
+            return None
+        return f"expected {' or '.join(_hint_name(a) for a in args)}, got a {type(value).__name__}"
+    if hint is type(None):
+        return None if value is None else f"expected None, got a {type(value).__name__}"
+    if hint is bool:
+        return None if isinstance(value, bool) else f"expected a bool (True or False), got a {type(value).__name__}"
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"expected an int, got a {type(value).__name__}"
+        return None if -INT64 <= value < INT64 else "expected an int within ±2**63"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a float, got a {type(value).__name__}"
+        return None if math.isfinite(value) else "expected a finite float (not nan or inf)"
+    if hint is str:
+        return None if isinstance(value, str) else f"expected a str, got a {type(value).__name__}"
+    return None  # an annotation this checker does not know (a class, a Literal): the section's problems() decide
+
+
+def _hint_name(hint) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _example(hint) -> str:
+    return {int: "200", float: "0.5", str: "'name'", bool: "True"}.get(hint, "...")
+
+
+def _check_seeds(seeds) -> None:
+    bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+    if bad:
+        raise ExperimentError(f"grid.seeds must be integers in [0, 2**32), got {bad}")
+
+
+def _check_resources(r) -> None:
+    # Types and finiteness are known here (see _check_types); what remains are the ranges.
+    if r.cpus <= 0 or r.gpus < 0 or r.max_retries < 0:
+        raise ExperimentError(f"resources must have cpus > 0, gpus >= 0, max_retries >= 0; got {r}")
+    if r.gpus > 1 and r.gpus != int(r.gpus):
+        raise ExperimentError(f"resources.gpus = {r.gpus!r}: Ray grants a fraction of one GPU or whole GPUs")
 
 
 def _available_train_size(task) -> int:

@@ -7,9 +7,14 @@ sees a partial file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -32,6 +37,7 @@ SCHEMA = pa.schema(
     [
         ("experiment", pa.string()),
         ("cell_id", pa.string()),
+        ("variant", pa.string()),  # hash of the config without n, size, seed, method: equal = one curve
         ("attempt", pa.string()),
         ("task", pa.string()),
         ("model", pa.string()),
@@ -63,6 +69,21 @@ def results_dir(output: str | Path, experiment: str) -> Path:
     return Path(output) / experiment / "results"
 
 
+# Cell keys that vary along a curve (or between curves of one plot); everything else must be equal.
+CURVE_AXES = ("cell_id", "n", "size", "seed", "method")
+
+
+def variant(cell: dict) -> str:
+    """A short stable hash of what cells must share to be pooled on one curve: the config without
+    its cell id, N, size, seed and method (and the model's size-knob field, which is the size).
+    Method options stay in: two ensembles of different sizes are different curves."""
+    rest = {k: v for k, v in cell.items() if k not in CURVE_AXES}
+    if isinstance(rest.get("model"), dict) and cell.get("size_knob"):
+        rest["model"] = {k: v for k, v in rest["model"].items() if k != cell["size_knob"]}
+    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
 def write_cell(directory: str | Path, rows: list[dict]) -> Path:
     """Write one cell attempt's rows atomically; returns the final path."""
     directory = Path(directory)
@@ -71,7 +92,7 @@ def write_cell(directory: str | Path, rows: list[dict]) -> Path:
     final = directory / f"{rows[0]['cell_id']}.{rows[0]['attempt']}.parquet"
     # Hidden and not ending in .parquet: skipped by pyarrow/pandas (leading ".") and by the
     # "*.parquet" globs that DuckDB and `datasets` users write.
-    temporary = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}.part"
+    temporary = directory / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.part"
     try:
         pq.write_table(table, temporary)
         with open(temporary, "rb") as handle:
@@ -85,49 +106,124 @@ def write_cell(directory: str | Path, rows: list[dict]) -> Path:
 
 
 def sweep_temporaries(directory: str | Path) -> int:
-    """Remove temporary files a crash left behind; returns how many."""
+    """Remove temporary files a crash left behind; returns how many. Launch calls this only while
+    it holds the store's lock; a temporary whose writer (the pid in its name) still runs on this
+    machine is left alone all the same, in case a process writes without the lock."""
     leftovers = list(Path(directory).glob(f"{TEMP_PREFIX}*")) if Path(directory).is_dir() else []
+    leftovers = [path for path in leftovers if not _writer_alive(path.name)]
     for path in leftovers:
         path.unlink(missing_ok=True)
     return len(leftovers)
+
+
+def _writer_alive(name: str) -> bool:
+    pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def corrupt_dir(directory: str | Path) -> Path:
     return Path(directory).parent / "corrupt"
 
 
+def _result_files(directory: Path) -> list[Path]:
+    """The store's own result files: `*.parquet` directly in the folder. Anything else there (a
+    notes.txt, a folder nested inside, a temporary) is not read."""
+    return sorted(path for path in directory.glob("*.parquet") if path.is_file())
+
+
+def _schema_problem(schema: pa.Schema) -> str | None:
+    """Why a file's schema is not a raysweep result's, or None. Columns may be missing (older
+    versions) but those present must have our type: a foreign file is never silently cast."""
+    missing = REQUIRED_COLUMNS - set(schema.names)
+    if missing:
+        return f"it lacks the columns {sorted(missing)}"
+    wrong = [f"{f.name} is {f.type}, expected {SCHEMA.field(f.name).type}" for f in schema
+             if f.name in SCHEMA.names and f.type != SCHEMA.field(f.name).type and not pa.types.is_null(f.type)]
+    return f"mistyped columns: {'; '.join(wrong)}" if wrong else None
+
+
+def _quarantine(path: Path, problem: str) -> str | None:
+    """Move one bad file to ../corrupt/; None when another reader moved it first."""
+    target = corrupt_dir(path.parent) / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:  # a concurrent reader quarantined it already
+        return None
+    message = f"moved corrupt result file {path.name} to {target} ({problem})"
+    print(f"[raysweep] {message}", file=sys.stderr)
+    return message
+
+
+def _read(path: Path) -> tuple[pa.Table | None, str | None]:
+    """One result file conformed to SCHEMA, or (None, why it is unreadable). (None, None): it vanished."""
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        return None, None
+    except (pa.ArrowException, OSError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    problem = _schema_problem(table.schema)
+    if problem:
+        return None, problem
+    columns = []
+    for field in SCHEMA:
+        if field.name in table.schema.names:
+            columns.append(table.column(field.name).cast(field.type))  # only null -> type: types match
+        elif field.name == "variant" and "config" in table.schema.names and table.num_rows:
+            columns.append(pa.array([_variant_of_json(table.column("config")[0].as_py())] * table.num_rows, pa.string()))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=SCHEMA), None
+
+
+def _variant_of_json(config: str | None) -> str | None:
+    """Files written before the `variant` column: computed from their config."""
+    try:
+        return variant(json.loads(config)) if config else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
 def quarantine_corrupt(directory: str | Path) -> list[str]:
-    """Move unreadable or foreign-schema files aside (to ../corrupt/) so loading goes on without
+    """Move unreadable, foreign or mistyped files aside (to ../corrupt/) so loading goes on without
     them; returns one message per file moved, also printed to stderr."""
     messages = []
-    for path in sorted(Path(directory).glob("*.parquet")):
-        try:
-            missing = REQUIRED_COLUMNS - set(pq.read_schema(path).names)
-            problem = f"it lacks the columns {sorted(missing)}" if missing else None
-        except (pa.ArrowException, OSError) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        if problem:
-            target = corrupt_dir(directory) / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-            messages.append(f"moved corrupt result file {path.name} to {target} ({problem})")
-    for message in messages:
-        print(f"[raysweep] {message}", file=sys.stderr)
+    for path in _result_files(Path(directory)):
+        _, problem = _read(path)
+        if problem and (message := _quarantine(path, problem)):
+            messages.append(message)
     return messages
 
 
 def load(directory: str | Path, kind: str = "final") -> pa.Table:
     """Rows of one kind ("final" by default), de-duplicated: for each cell the latest attempt wins.
 
-    Corrupt files are moved aside first (see quarantine_corrupt), so one bad file never hides the rest.
+    Each file is checked as it is read, so a file that is corrupted, foreign or mistyped is moved
+    aside (see quarantine_corrupt) even if it changed after an earlier scan; a file another reader
+    moves away meanwhile is skipped.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return SCHEMA.empty_table()
-    quarantine_corrupt(directory)
-    if not any(directory.glob("*.parquet")):
+    tables = []
+    for path in _result_files(directory):
+        table, problem = _read(path)
+        if problem:
+            _quarantine(path, problem)
+        elif table is not None:
+            tables.append(table.filter(pc.field("kind") == kind))
+    if not tables:
         return SCHEMA.empty_table()
-    table = ds.dataset(directory, format="parquet", schema=SCHEMA).to_table(filter=pc.field("kind") == kind)
+    table = pa.concat_tables(tables)
     if table.num_rows == 0:
         return table
     latest = table.group_by("cell_id").aggregate([("attempt", "max")])
@@ -147,7 +243,7 @@ def check_writable(directory: str | Path) -> None:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}.part"
+        probe = directory / f"{TEMP_PREFIX}{os.getpid()}-probe-{uuid.uuid4().hex}.part"
         probe.write_bytes(b"raysweep write check")
         probe.unlink()
     except OSError as exc:
@@ -164,3 +260,111 @@ def versions() -> str:
         except PackageNotFoundError:
             pass
     return json.dumps(found, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# One store, one writer, one configuration
+
+LOCK_NAME = ".lock"  # in OUTPUT/<experiment>/; flock is advisory and per machine (not across NFS clients)
+MANIFEST_NAME = "store.json"
+
+
+class StoreBusy(RuntimeError):
+    """Another launch holds the store's lock."""
+
+
+class StoreMismatch(ValueError):
+    """The launch's configuration differs from the one the store was made with."""
+
+
+@contextlib.contextmanager
+def locked(root: str | Path, wait_s: float = 0.0):
+    """Hold OUTPUT/<experiment>/.lock for the whole launch: a second launch into the same store
+    waits up to wait_s seconds, then refuses, instead of running every cell a second time."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / LOCK_NAME, "a+")
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    raise StoreBusy(f"another launch (pid {holder}) is writing to {root}; wait for it to "
+                                    f"finish (--wait-for-lock SECONDS) or use another --output") from None
+                time.sleep(0.2)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}@{os.uname().nodename}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def flatten(value, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out |= flatten(item, f"{prefix}{key}.")
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def identity_differences(stored: dict, current: dict) -> list[str]:
+    """Keys whose values differ. A key present on one side only (a method added to the grid, a
+    field a newer raysweep added) is an extension, not a difference."""
+    a, b = flatten(stored), flatten(current)
+    return [f"{key}: {a[key]!r} in the store, {b[key]!r} now" for key in sorted(a.keys() & b.keys()) if a[key] != b[key]]
+
+
+def check_identity(root: str | Path, identity: dict, merge: bool = False) -> str | None:
+    """Refuse (StoreMismatch) a launch whose configuration differs from the store's, unless merge:
+    then the new configuration is recorded as one more variant. Returns a note to print, or None."""
+    path = Path(root) / MANIFEST_NAME
+    identity = json.loads(json.dumps(identity, default=str))  # tuples -> lists, as stored
+    if not path.exists():
+        _write_json(path, {"identity": identity, "merged": []})
+        return None
+    manifest = json.loads(path.read_text())
+    if identity == manifest["identity"] or identity in manifest.get("merged", []):
+        return None
+    differences = identity_differences(manifest["identity"], identity)
+    if not differences:  # only extensions: the same configuration
+        return None
+    if not merge:
+        raise StoreMismatch(
+            f"the store {root} was made with another configuration ({'; '.join(differences)}). Its cells would "
+            f"be pooled with this launch's. Use --new-store to set the old store aside and start a fresh one, "
+            f"--merge to keep both in this store (the `variant` column tells them apart), or another name "
+            f"(--set name=...)")
+    manifest.setdefault("merged", []).append(identity)
+    _write_json(path, manifest)
+    return f"merged a new configuration into {root} ({'; '.join(differences)})"
+
+
+def set_aside(root: str | Path) -> Path | None:
+    """--new-store: move everything of OUTPUT/<experiment>/ but the lock to a dated sibling folder."""
+    root = Path(root)
+    entries = [p for p in root.iterdir() if p.name != LOCK_NAME] if root.is_dir() else []
+    if not entries:
+        return None
+    target = root.parent / f"{root.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+    while target.exists():
+        target = target.with_name(target.name + "x")
+    target.mkdir()
+    for entry in entries:
+        os.replace(entry, target / entry.name)
+    return target
+
+
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.part")
+    temporary.write_text(json.dumps(value, indent=1, sort_keys=True))
+    os.replace(temporary, path)

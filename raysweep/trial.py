@@ -77,6 +77,7 @@ class StoreCallback(tune.Callback):
         self.rows: dict[tuple[str, str], list[dict]] = {}  # (trial id, cell id) -> rows received
         self.errors: dict[tuple[str, str], str] = {}  # (trial id, cell id) -> traceback of its last attempt
         self.written: dict[str, set[str]] = {}  # trial id -> cell ids in the store
+        self.write_errors: list[tuple[str, str]] = []  # (cell label, why its rows could not be written)
         self.started = time.time()
         self.versions = store.versions()
 
@@ -138,9 +139,12 @@ class StoreCallback(tune.Callback):
             "experiment": cell["experiment"], "task": cell["task"]["name"],
             "model": cell["model"]["name"] if cell["model"] else None, "size_knob": cell["size_knob"],
             "size": cell["size"], "n": cell["n"], "method": cell["method"], "seed": cell["seed"],
-            "config": json.dumps(cell, sort_keys=True), "versions": self.versions,
+            "variant": store.variant(cell), "config": json.dumps(cell, sort_keys=True), "versions": self.versions,
         }
-        store.write_cell(self.directory, [coordinates | row for row in rows])
+        try:
+            store.write_cell(self.directory, [coordinates | row for row in rows])
+        except Exception as exc:  # noqa: BLE001 -- one cell's write error is that cell's failure, never the sweep's
+            failed, reason = True, self._write_error(cell, rows, exc)
         self.written.setdefault(trial.trial_id, set()).add(cell["cell_id"])
         self.errors.pop((trial.trial_id, cell["cell_id"]), None)
         self.done += 1
@@ -148,6 +152,26 @@ class StoreCallback(tune.Callback):
         status = f"FAILED: {reason}" if failed else "ok"
         print(f"[raysweep] {self.done}/{self.total} cells ({self.failed} failed, "
               f"{time.time() - self.started:.0f}s) {cell_label(cell)}: {status}", flush=True)
+
+    def _write_error(self, cell: dict, rows: list[dict], exc: Exception) -> str:
+        """Record a cell whose rows could not be written (a value the schema cannot hold, a full
+        disk) as failed with the reason, so the report lists it and the next launch reruns it. If
+        even that row cannot be written, the cell is simply absent from the store: it reruns too."""
+        reason = f"its results could not be written: {type(exc).__name__}: {exc}"
+        attempt = rows[0]["attempt"] if rows else f"{time.time_ns():020d}-error"
+        try:
+            store.write_cell(self.directory, [{"experiment": str(cell.get("experiment")), "cell_id": cell["cell_id"],
+                                               "attempt": attempt, "kind": "final", "status": "failed",
+                                               "error": reason}])
+        except Exception as again:  # noqa: BLE001
+            reason += f" (nor its failure: {type(again).__name__}: {again}; it runs again on the next launch)"
+        self.write_errors.append((cell_label(cell), reason))
+        return reason
+
+    @property
+    def unfinished(self) -> int:
+        """Cells of this launch that have no outcome yet (written or failed)."""
+        return self.total - self.done
 
 
 def _cells_by_id(trial) -> dict[str, dict]:
