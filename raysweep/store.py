@@ -231,11 +231,86 @@ def load(directory: str | Path, kind: str = "final") -> pa.Table:
     return keep.select(SCHEMA.names).sort_by([("cell_id", "ascending"), ("split", "ascending")])
 
 
+# Statuses of a cell that is done: the next launch does not run it again.
+DONE = ("ok",)
+INDEX_COLUMNS = ("cell_id", "attempt", "status")
+
+
 def finished_cells(directory: str | Path) -> set[str]:
-    """Cell ids whose latest attempt finished successfully."""
-    table = load(directory)
-    ok = table.filter(pc.field("status") == "ok")
-    return set(ok.column("cell_id").to_pylist())
+    """Cell ids whose latest finished attempt has a DONE status.
+
+    Resume at 100,000 cells must not read 100,000 files: a small index beside the results
+    (`index_path`) holds each result file's (cell id, attempt, final status). Only files the index
+    does not know are opened (their four columns, not their rows of metrics), and the index is
+    rewritten with them. It is a cache, checked against the folder's listing every time: entries of
+    files that are gone are dropped, a lost or unreadable index is rebuilt from the files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return set()
+    names = {path.name for path in _result_files(directory)}
+    index = {name: entry for name, entry in _read_index(directory).items() if name in names}
+    unknown = sorted(names - index.keys())
+    for name in unknown:
+        entry = _index_entry(directory / name)
+        if entry is not None:
+            index[name] = entry
+    if unknown or len(index) != len(names):
+        _write_index(directory, index)
+    latest: dict[str, tuple[str, str]] = {}  # cell id -> (attempt, status) of its latest final attempt
+    for cell_id, attempt, status in index.values():
+        if status is not None and (cell_id not in latest or attempt > latest[cell_id][0]):
+            latest[cell_id] = (attempt, status)
+    return {cell_id for cell_id, (_, status) in latest.items() if status in DONE}
+
+
+def index_path(directory: str | Path) -> Path:
+    """Beside the results folder, hidden: globs over results/*.parquet never see it."""
+    directory = Path(directory)
+    return directory.parent / f".{directory.name}-index.parquet"
+
+
+def _index_entry(path: Path) -> tuple[str, str, str | None] | None:
+    """(cell id, attempt, status of its final rows or None) of one result file; None if the file
+    is unreadable (then moved aside) or gone."""
+    try:
+        problem = _schema_problem(pq.read_schema(path))
+        table = None if problem else pq.read_table(path, columns=["cell_id", "attempt", "kind", "status"])
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError) as exc:
+        table, problem = None, f"{type(exc).__name__}: {exc}"
+    if table is None:
+        _quarantine(path, problem)
+        return None
+    if table.num_rows == 0:
+        return None
+    final = table.filter(pc.field("kind") == "final")
+    status = final.column("status")[0].as_py() if final.num_rows else None
+    return table.column("cell_id")[0].as_py(), table.column("attempt")[0].as_py(), status
+
+
+def _read_index(directory: Path) -> dict[str, tuple]:
+    try:
+        table = pq.read_table(index_path(directory))
+        return dict(zip(table.column("file").to_pylist(),
+                        zip(*(table.column(name).to_pylist() for name in INDEX_COLUMNS))))
+    except (FileNotFoundError, pa.ArrowException, OSError, KeyError):
+        return {}  # no index yet, or one that cannot be read: rebuilt from the files
+
+
+def _write_index(directory: Path, index: dict[str, tuple]) -> None:
+    """Atomically, like result files: a concurrent reader sees the old index or the new one."""
+    names = sorted(index)
+    columns = {"file": names} | {column: [index[name][i] for name in names] for i, column in enumerate(INDEX_COLUMNS)}
+    target = index_path(directory)
+    temporary = target.with_name(f"{target.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(pa.table(columns, schema=pa.schema([(name, pa.string()) for name in columns])), temporary)
+        os.replace(temporary, target)
+    except OSError:
+        pass  # an index is only a cache: a read-only store still resumes, reading the files
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def check_writable(directory: str | Path) -> None:

@@ -113,3 +113,47 @@ def test_a_full_disk_gives_a_clear_error_and_no_partial_file(tmp_path, monkeypat
     with pytest.raises(OSError, match=r"cannot write results to .*: No space left on device"):
         store.write_cell(tmp_path, rows("a", "001"))
     assert list(tmp_path.iterdir()) == []
+
+
+def finished_by_definition(directory):
+    """The definition, from every row: cells whose latest final attempt has status ok."""
+    table = store.load(directory).to_pandas()
+    return set(table[table.status == "ok"].cell_id)
+
+
+def test_the_resume_index_agrees_with_the_rows_and_opens_only_new_files(tmp_path, monkeypatch):
+    import random
+
+    results = tmp_path / "results"
+    draw = random.Random(0)
+    for i in range(60):
+        cell = f"c{draw.randrange(25)}"
+        status = draw.choice(["ok", "ok", "failed"])
+        store.write_cell(results, rows(cell, f"{i:03d}", splits=("test",) if status == "ok" else (None,), status=status))
+    assert store.finished_cells(results) == finished_by_definition(results)
+    assert store.index_path(results).is_file()
+
+    opened = []
+    real_read_table = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, *a, **k: opened.append(str(path)) or real_read_table(path, *a, **k))
+    store.write_cell(results, rows("c3", "999", splits=(None,), status="failed"))  # a new, later attempt
+    new_ok = store.write_cell(results, rows("new", "001"))
+    done = store.finished_cells(results)
+    result_files = [p for p in opened if p.startswith(str(results) + os.sep)]
+    assert len(result_files) == 2 and "c3" not in done and "new" in done  # the index answered for the other 60
+
+    new_ok.unlink()  # a file moved away (quarantined by another reader): its index entry is dropped
+    assert "new" not in store.finished_cells(results)
+    monkeypatch.undo()
+    assert store.finished_cells(results) == finished_by_definition(results)
+
+
+def test_a_lost_or_garbled_index_is_rebuilt_from_the_files(tmp_path):
+    results = tmp_path / "results"
+    store.write_cell(results, rows("a", "001"))
+    store.write_cell(results, rows("b", "001", splits=(None,), status="failed"))
+    assert store.finished_cells(results) == {"a"}
+    store.index_path(results).write_bytes(b"not parquet")
+    assert store.finished_cells(results) == {"a"}
+    store.index_path(results).unlink()
+    assert store.finished_cells(results) == {"a"}
