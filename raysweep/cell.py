@@ -15,7 +15,7 @@ from typing import Callable, Collection
 import numpy as np
 import torch
 
-from raysweep.evaluate import evaluate
+from raysweep.evaluate import FirstSamples, evaluate
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions
 from raysweep.training.budget import TrainingDiverged, epochs_for
@@ -58,11 +58,14 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
                         "wall_time_s": time.time() - started}]
         report(rows)
         return rows
-    metrics = evaluate(posterior, data, cell["eval"]["ece_bins"])
+    evaluations = {None: evaluate(posterior, data, cell["eval"]["ece_bins"])}  # None: all S members/samples
+    for members in cell.get("members", []):  # grid.members: nested sub-ensembles of the same pool
+        evaluations[members] = evaluate(FirstSamples(posterior, members), data, cell["eval"]["ece_bins"])
     elapsed = time.time() - started
     epochs = epochs_for(train, cell["n"]) if model else 0
-    rows = [base | {"kind": "final", "split": split, "epoch": epochs, "status": "ok",
-                    "wall_time_s": elapsed} | values for split, values in metrics.items()]
+    rows = [base | {"kind": "final", "split": split, "epoch": epochs, "status": "ok", "members": members,
+                    "wall_time_s": elapsed} | values
+            for members, metrics in evaluations.items() for split, values in metrics.items()]
     report(rows)
     return rows
 

@@ -32,6 +32,20 @@ def evaluate(posterior, data: TaskData, ece_bins: int = 15) -> dict[str, dict[st
     return metrics
 
 
+class FirstSamples:
+    """The sub-ensemble of a posterior's first m members or samples: for one trained pool, a larger
+    m contains every smaller one, so EU and NLL against m are nested (Lobacheva et al., 2020)."""
+
+    def __init__(self, posterior, m: int):
+        self.posterior, self.m = posterior, m
+
+    def predict(self, x: torch.Tensor):
+        prediction = self.posterior.predict(x)
+        if isinstance(prediction, tuple):  # regression: (means, variances), each (S, B)
+            return tuple(part[: self.m] for part in prediction)
+        return prediction[: self.m]  # (S, B, C) or (S, B, T, V)
+
+
 def _scores(posterior, x: torch.Tensor, y: torch.Tensor | None, kind: str) -> dict[str, torch.Tensor]:
     """Per-example scores, flattened over tokens when the predictions are per token. The first batch
     is one example, to measure a prediction's size; later batches hold at most PREDICTION_BUDGET

@@ -36,6 +36,10 @@ class Grid:
     methods: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2)
     ood: tuple[str, ...] = ()  # OOD evaluation sets offered by the task
+    # Ensemble size M as an axis: each cell is also evaluated with the first m of its S members or
+    # samples for every m here, so a larger ensemble contains the smaller ones (one trained pool per
+    # cell, nested sub-ensembles; rows carry `members`). Empty: all S only.
+    members: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,7 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
     for axis in ("n", "sizes", "methods", "seeds"):
         if len(getattr(g, axis)) == 0:
             raise ExperimentError(f"grid.{axis} is empty: the grid has no cells")
-    for axis in ("n", "sizes", "methods", "seeds", "ood"):
+    for axis in ("n", "sizes", "methods", "seeds", "ood", "members"):
         values = getattr(g, axis)
         if len(set(values)) != len(values):
             raise ExperimentError(f"grid.{axis} has repeated values: {values}")
@@ -257,6 +261,7 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
             raise ExperimentError(f"method {method!r} cannot run task {task_names[type(e.task)]!r}: {problem}")
         if METHODS[method].uses_model and (problem := METHODS[method].unsupported_model(e.model)):
             raise ExperimentError(f"method {method!r} cannot use model {model_names[type(e.model)]!r}: {problem}")
+    _check_members(e)
     offered = e.task.ood_sets()
     for name in g.ood:
         if name not in offered:
@@ -361,6 +366,21 @@ def _check_resources(r) -> None:
         raise ExperimentError(f"resources.gpus = {r.gpus!r}: Ray grants a fraction of one GPU or whole GPUs")
 
 
+def _check_members(e: Experiment) -> None:
+    """Every sub-ensemble size must be one each method can give: 1 <= m <= S."""
+    if any(m < 1 for m in e.grid.members):
+        raise ExperimentError(f"grid.members must hold positive integers, got {list(e.grid.members)}")
+    for name in e.grid.methods:
+        method = METHODS[name]
+        available = method.samples(getattr(e.methods, name, method.Options()))
+        too_many = [m for m in e.grid.members if m > available]
+        if too_many:
+            raise ExperimentError(
+                f"grid.members {too_many} exceed the {available} members/samples method {name!r} gives; "
+                f"raise its members or samples (e.g. --set methods.ensemble.members={max(e.grid.members)}) "
+                f"or drop {name!r} from grid.methods")
+
+
 def _available_train_size(task) -> int:
     try:
         return task.available_train_size()
@@ -406,6 +426,8 @@ def cells(e: Experiment) -> list[dict]:
                         "n": n,
                         "seed": seed,
                         "ood": list(e.grid.ood),
+                        # only when set: cells of grids without the axis keep their ids
+                        **({"members": list(e.grid.members)} if e.grid.members else {}),
                         "train": dataclasses.asdict(e.train),
                         "eval": dataclasses.asdict(e.eval),
                     }

@@ -5,7 +5,9 @@ per training unit (forward 2, backward 4), where a unit is a token for sequence 
 example otherwise. Prediction costs 2 FLOPs per parameter per unit per posterior sample.
 
     train FLOPs ≈ 6 · P · units per example · examples seen · training phases · networks trained
-    eval  FLOPs ≈ 2 · P · units per example · evaluation examples · S samples
+    eval  FLOPs ≈ 2 · P · units per example · evaluation examples · (S + Σ grid.members)
+
+(each sub-ensemble size m of grid.members is one more evaluation with m members or samples).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def estimate(experiment: Experiment) -> list[CellCost]:
         examples = max(cell["n"] // units, 1) if counts_tokens else cell["n"]
         seen = epochs_for(experiment.train, examples) * examples * phases
         train = 6 * params * units * seen * networks if cell["model"] else 0.0
-        costs.append(CellCost(cell_label(cell), params, train, 2 * params * units * eval_examples * samples))
+        predictions = samples + sum(cell.get("members", []))
+        costs.append(CellCost(cell_label(cell), params, train, 2 * params * units * eval_examples * predictions))
     return costs
 
 

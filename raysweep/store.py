@@ -48,6 +48,7 @@ SCHEMA = pa.schema(
         ("method", pa.string()),
         ("seed", pa.int64()),
         ("split", pa.string()),
+        ("members", pa.int64()),  # grid.members: the first m members/samples evaluated; null = all S
         ("kind", pa.string()),  # "epoch" (training progress) or "final" (evaluation)
         ("epoch", pa.int64()),
         ("status", pa.string()),  # "ok" or "failed"

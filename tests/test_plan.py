@@ -63,3 +63,11 @@ def test_plan_counts_every_methods_networks_phases_and_samples_by_hand(root, met
     assert cost.params == params
     assert cost.train_flops == 6 * params * (3 * 100) * phases * networks
     assert cost.eval_flops == 2 * params * e.task.n_test * samples
+
+
+def test_plan_counts_one_more_evaluation_per_sub_ensemble_size(root):
+    e = E.apply_overrides(E.load(root / "experiments" / "regression.py"),
+                          ["grid.n=100", "grid.sizes=16", "grid.methods=ensemble", "grid.seeds=0", "grid.ood=",
+                           "methods.ensemble.members=8", "grid.members=2,4"])
+    (cost,) = estimate(e)
+    assert cost.eval_flops == 2 * cost.params * e.task.n_test * (8 + 2 + 4)

@@ -149,3 +149,45 @@ def test_fpr_at_95_tpr_matches_torch_uncertainty_with_ties(seed):
 def test_fpr_at_95_tpr_of_separable_and_identical_scores():
     assert U.fpr_at_tpr(np.zeros(50), np.ones(50)) == 0.0
     assert U.fpr_at_tpr(np.ones(50), np.ones(50)) == 1.0
+
+
+def test_the_members_axis_evaluates_nested_sub_ensembles_of_one_pool(root):
+    """grid.members: rows for the first m members of the same trained ensemble, with EU equal to
+    torch-uncertainty's mutual information of those m members' probabilities."""
+    from raysweep import experiment as E
+    from raysweep.cell import run_cell
+    from raysweep.methods import METHODS
+
+    e = E.apply_overrides(E.load(root / "experiments" / "digits.py"),
+                          ["grid.methods=ensemble", "grid.n=200", "grid.sizes=8", "grid.seeds=0", "grid.ood=",
+                           "grid.members=1,2,4", "methods.ensemble.members=4", "train.epochs=2", "train.min_steps=0"])
+    e.validate()
+    (cell,) = E.cells(e)
+    rows = {row["members"]: row for row in run_cell(cell, lambda rows: None) if row["split"] == "test"}
+    assert sorted(rows, key=lambda m: m or 0) == [None, 1, 2, 4]
+    assert rows[1]["epistemic"] == pytest.approx(0.0, abs=1e-12)  # one member cannot disagree with itself
+    assert rows[4]["epistemic"] == pytest.approx(rows[None]["epistemic"])  # all four: the full ensemble
+
+    # the same pool, refitted outside the cell (same seed), scored by the oracle
+    from raysweep.cell import seed_everything
+    from raysweep.models.mlp import MLP
+    from raysweep.tasks.vision import Digits
+
+    seed_everything(0)
+    data = Digits().load(200, 0, [], e.eval.max_examples)
+    options = METHODS["ensemble"].Options(members=4)
+    model = MLP(**{k: v for k, v in cell["model"].items() if k != "name"})
+    posterior = METHODS["ensemble"].fit(data, model, options, E.Train(**cell["train"]), 0, lambda *a: None)
+    probs = posterior.predict(data.eval_sets["test"][0]).double()  # (S, B, C)
+    metric = torch_uncertainty_metric("mutual_information", "MutualInformation")(reduction="mean")
+    metric.update(probs[:2].transpose(0, 1))  # (B, m, C)
+    assert rows[2]["epistemic"] == pytest.approx(metric.compute().item(), rel=1e-6)
+
+
+def test_grid_members_beyond_what_a_method_gives_are_refused(root):
+    from raysweep import experiment as E
+
+    e = E.apply_overrides(E.load(root / "experiments" / "digits.py"),
+                          ["grid.methods=ensemble,dropout", "grid.members=2,8", "methods.ensemble.members=4"])
+    with pytest.raises(E.ExperimentError, match=r"grid.members \[8\] exceed the 4 members/samples method 'ensemble'"):
+        e.validate()
