@@ -15,6 +15,7 @@ from typing import Callable, Collection
 import numpy as np
 import torch
 
+from raysweep import quality
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions
@@ -42,14 +43,15 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
     data = task.load(cell["n"], cell["seed"], cell["ood"], cell["eval"]["max_examples"])
     model = _model(cell)
     params = parameter_count(model, data.input_dim, data.output_dim) if model else data.input_dim
-    base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params}
+    method = METHODS[cell["method"]]
+    options = MethodOptions().options_of(cell["method"], cell["method_options"])
+    # S in the open: plug-in EU from S draws is biased by about (S-1)/S
+    base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params, "samples": method.samples(options)}
 
     def on_epoch(epoch: int, loss: float) -> None:
         report([base | {"kind": "epoch", "split": "train", "epoch": epoch, "loss": loss,
                         "status": "ok", "wall_time_s": time.time() - started}])
 
-    method = METHODS[cell["method"]]
-    options = MethodOptions().options_of(cell["method"], cell["method_options"])
     train = Train(**cell["train"])
     try:
         posterior = method.fit(data, model, options, train, cell["seed"], on_epoch, device)
@@ -61,8 +63,10 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
     metrics = evaluate(posterior, data, cell["eval"]["ece_bins"])
     elapsed = time.time() - started
     epochs = epochs_for(train, cell["n"]) if model else 0
-    rows = [base | {"kind": "final", "split": split, "epoch": epochs, "status": "ok",
-                    "wall_time_s": elapsed} | values for split, values in metrics.items()]
+    reason = quality.degenerate(metrics, quality.baselines(data))
+    status = {"status": "ok"} if reason is None else {"status": "degenerate", "error": reason}
+    rows = [base | {"kind": "final", "split": split, "epoch": epochs, "wall_time_s": elapsed} | status | values
+            for split, values in metrics.items()]
     report(rows)
     return rows
 

@@ -43,8 +43,9 @@ SCHEMA = pa.schema(
         ("split", pa.string()),
         ("kind", pa.string()),  # "epoch" (training progress) or "final" (evaluation)
         ("epoch", pa.int64()),
-        ("status", pa.string()),  # "ok" or "failed"
+        ("status", pa.string()),  # "ok", "failed" or "degenerate" (raysweep.quality; `error` says why)
         ("error", pa.string()),
+        ("samples", pa.int64()),  # S: members or posterior samples per prediction (Method.samples)
         ("wall_time_s", pa.float64()),
         ("node", pa.string()),  # Ray node id of the worker that ran the cell
         *[(name, pa.float64()) for name in METRICS],
@@ -134,10 +135,13 @@ def load(directory: str | Path, kind: str = "final") -> pa.Table:
     return keep.select(SCHEMA.names).sort_by([("cell_id", "ascending"), ("split", "ascending")])
 
 
+FINISHED = ("ok", "degenerate")  # a degenerate cell finished: rerunning it would give the same cell
+
+
 def finished_cells(directory: str | Path) -> set[str]:
-    """Cell ids whose latest attempt finished successfully."""
+    """Cell ids whose latest attempt finished (ok or degenerate); failed and missing cells rerun."""
     table = load(directory)
-    ok = table.filter(pc.field("status") == "ok")
+    ok = table.filter(pc.field("status").isin(FINISHED))
     return set(ok.column("cell_id").to_pylist())
 
 
