@@ -235,7 +235,9 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
         raise ExperimentError(f"train.weight_decay must be >= 0, got {e.train.weight_decay}")
     if e.resources.cpus <= 0 or e.resources.gpus < 0 or e.resources.max_retries < 0:
         raise ExperimentError(f"resources must have cpus > 0, gpus >= 0, max_retries >= 0; got {e.resources}")
-    for problem in (e.task.problems(), e.model.problems(), e.methods.problems()):
+    # the model as every cell builds it: each value of the size axis
+    sized = [replace(e.model, **{e.model.size_knob: size}).problems() for size in g.sizes]
+    for problem in (e.task.problems(), e.model.problems(), *sized, e.methods.problems()):
         if problem:
             raise ExperimentError(problem)
     if any(METHODS[m].uses_model for m in g.methods):
