@@ -99,3 +99,24 @@ def test_the_fidelity_experiment_gives_every_method_the_tasks_prior(root):
     for name in ("ensemble", "vi", "laplace", "swag", "sghmc", "csgld"):
         assert getattr(e.methods, name).prior_precision == e.task.prior_precision, name
     assert torch.is_tensor(e.task.load(10, 0, [], 10).train_x)
+
+
+def test_fidelity_section_divides_by_the_exact_cell_of_the_same_n_seed_and_split(tmp_path):
+    import pandas as pd
+
+    from raysweep import fidelity
+
+    rows = pd.DataFrame([
+        {"method": "exact", "n": 10, "seed": 0, "split": "test", "epistemic": 0.2, "samples": 1, "status": "ok", "config": "{}"},
+        {"method": "exact", "n": 10, "seed": 1, "split": "test", "epistemic": 0.4, "samples": 1, "status": "ok", "config": "{}"},
+        {"method": "sghmc", "n": 10, "seed": 0, "split": "test", "epistemic": 0.1, "samples": 4, "status": "ok", "config": "{}"},
+        {"method": "sghmc", "n": 10, "seed": 1, "split": "test", "epistemic": 0.6, "samples": 4, "status": "ok", "config": "{}"},
+        {"method": "sghmc", "n": 10, "seed": 2, "split": "test", "epistemic": 9.0, "samples": 4, "status": "degenerate",
+         "config": "{}"},
+    ])
+    table = fidelity.ratios(rows)
+    assert table["ratio"].tolist() == pytest.approx([(0.5 + 1.5) / 2])  # the degenerate cell is left out
+    assert table["ratio_debiased"].tolist() == pytest.approx([1.0 / 0.75])
+    lines = fidelity.section(rows, tmp_path)
+    assert any(line.startswith("| sghmc | 4 | 2 | 1 [0.5, 1.5] | 1.33 |") for line in lines)
+    assert (tmp_path / "fidelity.png").is_file()
