@@ -27,7 +27,8 @@ TARGETS = {
     "vi": "≤ 1: the optimal mean-field Gaussian (variances 1/Λ_ii) underestimates the exact EU; "
           "by little on this task's isotropic inputs, where Λ is near-diagonal",
     "ensemble (anchored)": "1 after the (S-1)/S bias: randomize-then-optimize draws exact posterior samples",
-    "ensemble": "→ 0: every member converges to the same least-squares fit; what is left is unfinished training",
+    "ensemble": ("none (→ 0 at convergence: every member reaches the same least-squares fit); what is measured is "
+                 "constant-lr Adam's jitter about that fit, wider than the posterior at large N"),
     "sghmc": "1 after the (S-1)/S bias (its samples are correlated, so more spread between seeds)",
     "csgld": "1 after the (S-1)/S bias (its samples are correlated, so more spread between seeds)",
     "swag": "none: its covariance is that of SGD's iterates, set by the learning rate and batch size, "
