@@ -15,12 +15,13 @@ from typing import Callable, Collection
 import numpy as np
 import torch
 
+from raysweep import quality
 from raysweep.evaluate import FirstSamples, evaluate
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions
-from raysweep.training.budget import TrainingDiverged, epochs_for
 from raysweep.models import MODELS, parameter_count
 from raysweep.tasks import TASKS
+from raysweep.training.budget import TrainingDiverged, epochs_for
 
 Report = Callable[[list[dict]], None]
 
@@ -42,14 +43,15 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
     data = task.load(cell["n"], cell["seed"], cell["ood"], cell["eval"]["max_examples"])
     model = _model(cell)
     params = parameter_count(model, data.input_dim, data.output_dim) if model else data.input_dim
-    base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params}
+    method = METHODS[cell["method"]]
+    options = MethodOptions().options_of(cell["method"], cell["method_options"])
+    # S in the open: plug-in EU from S draws is biased by about (S-1)/S
+    base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params, "samples": method.samples(options)}
 
     def on_epoch(epoch: int, loss: float) -> None:
         report([base | {"kind": "epoch", "split": "train", "epoch": epoch, "loss": loss,
                         "status": "ok", "wall_time_s": time.time() - started}])
 
-    method = METHODS[cell["method"]]
-    options = MethodOptions().options_of(cell["method"], cell["method_options"])
     train = Train(**cell["train"])
     try:
         posterior = method.fit(data, model, options, train, cell["seed"], on_epoch, device)
@@ -63,8 +65,10 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
         evaluations[members] = evaluate(FirstSamples(posterior, members), data, cell["eval"]["ece_bins"])
     elapsed = time.time() - started
     epochs = epochs_for(train, cell["n"]) if model else 0
-    rows = [base | {"kind": "final", "split": split, "epoch": epochs, "status": "ok", "members": members,
-                    "wall_time_s": elapsed} | values
+    reason = quality.degenerate(evaluations[None], quality.baselines(data))
+    status = {"status": "ok"} if reason is None else {"status": "degenerate", "error": reason}
+    rows = [base | {"kind": "final", "split": split, "epoch": epochs, "members": members,
+                    "wall_time_s": elapsed} | status | values
             for members, metrics in evaluations.items() for split, values in metrics.items()]
     report(rows)
     return rows

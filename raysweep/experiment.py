@@ -24,6 +24,8 @@ from raysweep.methods import METHODS, MethodOptions
 from raysweep.models import MODELS
 from raysweep.tasks import TASKS
 
+MIN_EVAL_EXAMPLES = 10
+
 
 class ExperimentError(ValueError):
     """Bad experiment file, bad override or bad grid. Raised before any work starts."""
@@ -238,11 +240,11 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
     bad_n = [n for n in g.n if not isinstance(n, int) or n <= 0]
     if bad_n:
         raise ExperimentError(f"grid.n must hold positive integers, got {bad_n}")
-    minimum = e.task.min_train_size()
+    minimum, why = e.task.min_train_size(), e.task.min_train_size_reason()
     too_small = [n for n in g.n if n < minimum]
     if too_small:
         raise ExperimentError(f"grid.n value(s) {too_small} are below the {minimum} a cell of task "
-                              f"{task_names[type(e.task)]!r} needs (one sequence of task.context tokens)")
+                              f"{task_names[type(e.task)]!r} needs ({why})")
     available = _available_train_size(e.task) if check_data else float("inf")
     too_big = [n for n in g.n if n > available]
     if too_big:
@@ -270,13 +272,18 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
         raise ExperimentError(f"grid.seeds must be non-negative integers, got {g.seeds}")
     _positive(e.train, ("epochs", "batch_size", "lr"), "train")
     _positive(e.eval, ("max_examples", "ece_bins"), "eval")
+    if e.eval.max_examples < MIN_EVAL_EXAMPLES:  # one example gives an AUROC of 0 or 1 and a spread of 0
+        raise ExperimentError(f"eval.max_examples must be >= {MIN_EVAL_EXAMPLES} (AUROC and spreads need several "
+                              f"examples per set), got {e.eval.max_examples}")
     if e.train.min_steps < 0:
         raise ExperimentError(f"train.min_steps must be >= 0, got {e.train.min_steps}")
     if e.train.weight_decay < 0:
         raise ExperimentError(f"train.weight_decay must be >= 0, got {e.train.weight_decay}")
     if e.resources.cpus <= 0 or e.resources.gpus < 0 or e.resources.max_retries < 0:
         raise ExperimentError(f"resources must have cpus > 0, gpus >= 0, max_retries >= 0; got {e.resources}")
-    for problem in (e.task.problems(), e.model.problems(), e.methods.problems()):
+    # the model as every cell builds it: each value of the size axis
+    sized = [replace(e.model, **{e.model.size_knob: size}).problems() for size in g.sizes]
+    for problem in (e.task.problems(), e.model.problems(), *sized, e.methods.problems()):
         if problem:
             raise ExperimentError(problem)
     if any(METHODS[m].uses_model for m in g.methods):

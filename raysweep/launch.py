@@ -24,7 +24,6 @@ from raysweep import experiment as exp
 from raysweep import store
 from raysweep.experiment import ExperimentError, cell_label
 
-
 QUICK_BOOT = 200
 # Batching small cells (see auto_cells_per_trial): trials per parallel slot, and the most cells per trial.
 TRIALS_PER_SLOT = 5
@@ -224,7 +223,6 @@ def connect(address: str, timeout_s: float) -> None:
     """ray.init(address=...) with a bounded wait and a one-line error: Ray itself retries an
     unreachable GCS for minutes, and `auto` without a running Ray raises a traceback."""
     import ray
-
     from ray._private.services import canonicalize_bootstrap_address
 
     try:

@@ -33,7 +33,6 @@ import lmfit
 import numpy as np
 from scipy import special
 
-
 # ---------------------------------------------------------------- the laws
 
 def power_law(x, a, b):

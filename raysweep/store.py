@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 METRICS = [
@@ -51,8 +50,9 @@ SCHEMA = pa.schema(
         ("members", pa.int64()),  # grid.members: the first m members/samples evaluated; null = all S
         ("kind", pa.string()),  # "epoch" (training progress) or "final" (evaluation)
         ("epoch", pa.int64()),
-        ("status", pa.string()),  # "ok" or "failed"
+        ("status", pa.string()),  # "ok", "failed" or "degenerate" (raysweep.quality; `error` says why)
         ("error", pa.string()),
+        ("samples", pa.int64()),  # S: members or posterior samples per prediction (Method.samples)
         ("wall_time_s", pa.float64()),
         ("node", pa.string()),  # Ray node id of the worker that ran the cell
         *[(name, pa.float64()) for name in METRICS],
@@ -233,7 +233,7 @@ def load(directory: str | Path, kind: str = "final") -> pa.Table:
 
 
 # Statuses of a cell that is done: the next launch does not run it again.
-DONE = ("ok",)
+DONE = ("ok", "degenerate")  # a degenerate cell finished: rerunning it would give the same cell
 INDEX_COLUMNS = ("cell_id", "attempt", "status")
 
 

@@ -149,7 +149,8 @@ class StoreCallback(tune.Callback):
         self.errors.pop((trial.trial_id, cell["cell_id"]), None)
         self.done += 1
         self.failed += failed
-        status = f"FAILED: {reason}" if failed else "ok"
+        degenerate = next((row.get("error") for row in rows if row.get("status") == "degenerate"), None)
+        status = f"FAILED: {reason}" if failed else f"degenerate, kept out of the fits: {degenerate}" if degenerate else "ok"
         print(f"[raysweep] {self.done}/{self.total} cells ({self.failed} failed, "
               f"{time.time() - self.started:.0f}s) {cell_label(cell)}: {status}", flush=True)
 

@@ -320,9 +320,9 @@ def test_same_cell_and_seed_give_the_same_metrics(root):
 
 
 @pytest.mark.parametrize("options, message", [
-    (ensemble.Options(members=0), r"methods\.ensemble\.members must be >= 1, got 0"),
-    (dropout.Options(rate=1.0), r"methods\.dropout\.rate must be in \[0, 1\), got 1\.0"),
-    (dropout.Options(rate=-0.1), r"methods\.dropout\.rate must be in \[0, 1\), got -0\.1"),
+    (ensemble.Options(members=0), r"methods\.ensemble\.members must be >= 2 .*got 0"),
+    (dropout.Options(rate=1.0), r"methods\.dropout\.rate must be in \(0, 1\) .*got 1\.0"),
+    (dropout.Options(rate=-0.1), r"methods\.dropout\.rate must be in \(0, 1\) .*got -0\.1"),
     (dropout.Options(samples=0), r"methods\.dropout\.samples must be >= 1, got 0"),
     (vi.Options(guide="full"), r"methods\.vi\.guide must be one of meanfield, lowrank, got 'full'"),
     (vi.Options(samples=0), r"methods\.vi\.samples must be >= 1, got 0"),

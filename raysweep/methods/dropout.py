@@ -1,7 +1,7 @@
 """MC dropout (Gal & Ghahramani, 2016): train with dropout, keep it on at prediction, S passes.
 
-The rate is the one setting worth sweeping; rate 0 is allowed as the deterministic baseline
-(every pass is the same network, so epistemic uncertainty is exactly 0).
+The rate is the one setting worth sweeping. Rate 0 is refused: every pass would be the same network,
+so epistemic uncertainty would be exactly 0 and every EU fit would drop the cell without a word.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ class Options:
         return replace(self, samples=min(self.samples, 4))
 
     def problems(self) -> str | None:
-        if not 0 <= self.rate < 1:
-            return f"methods.dropout.rate must be in [0, 1), got {self.rate}"
+        if not 0 < self.rate < 1:
+            return (f"methods.dropout.rate must be in (0, 1) (rate 0 makes every pass the same network, so its "
+                    f"epistemic uncertainty is 0 by construction), got {self.rate}")
         if self.samples < 1:
             return f"methods.dropout.samples must be >= 1, got {self.samples}"
         return None

@@ -69,6 +69,10 @@ class Options:
             return f"methods.laplace.prior_precision must be > 0, got {self.prior_precision}"
         if self.predictive not in PREDICTIVES:
             return f"methods.laplace.predictive must be one of {', '.join(PREDICTIVES)}, got {self.predictive!r}"
+        if self.predictive == "probit":
+            # one predictive per input has no spread: EU ≡ 0, which a sweep would then fit as if measured
+            return ("methods.laplace.predictive='probit' gives one predictive per input, so no aleatoric/epistemic "
+                    "split (EU is 0 by construction); a sweep must use predictive='sampling'")
         if self.samples < 1:
             return f"methods.laplace.samples must be >= 1, got {self.samples}"
         return None

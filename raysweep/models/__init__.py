@@ -6,6 +6,7 @@ import torch
 
 from raysweep.models.cnn import CNN
 from raysweep.models.gpt import GPT
+from raysweep.models.linear import Linear
 from raysweep.models.mlp import MLP
 from raysweep.models.resnet import ResNet, WideResNet
 from raysweep.models.vit import ViT
@@ -17,6 +18,7 @@ MODELS = {
     "resnet": ResNet,
     "wrn": WideResNet,
     "vit": ViT,
+    "linear": Linear,
 }
 
 

@@ -27,6 +27,10 @@ class Task:
         """The smallest N a cell can use (e.g. one whole sequence of a sequence task)."""
         return 1
 
+    def min_train_size_reason(self) -> str:
+        """Why min_train_size, said in the error that refuses a smaller N."""
+        return "at least one training example"
+
     def ood_sets(self) -> tuple[str, ...]:
         """Names of the OOD evaluation sets this task offers (grid.ood picks among them)."""
         return ()

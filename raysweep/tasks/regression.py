@@ -32,6 +32,13 @@ class LinearRegression(Task):
     def available_train_size(self) -> int:
         return 10_000_000  # data is generated, so only memory limits N
 
+    def min_train_size(self) -> int:
+        """N ≥ d: below it the data fix fewer directions of w than it has, and EU ≈ d/(2N) does not hold."""
+        return self.dim
+
+    def min_train_size_reason(self) -> str:
+        return f"at least task.dim = {self.dim} examples, one per weight"
+
     def ood_sets(self) -> tuple[str, ...]:
         return ("shifted",)
 

@@ -46,6 +46,9 @@ class Text(Task):
     def min_train_size(self) -> int:
         return self.context  # N counts tokens; a cell needs at least one whole sequence
 
+    def min_train_size_reason(self) -> str:
+        return "one sequence of task.context tokens"
+
     def ood_sets(self) -> tuple[str, ...]:
         return ("python_source",)
 
