@@ -14,7 +14,7 @@ a cosine decay (anchored members) needs ~1,000 steps to reach its optimum; VI at
 
 from raysweep import Experiment, Grid, MethodOptions, Train
 from raysweep.experiment import Resources
-from raysweep.methods import csgld, dropout, ensemble, laplace, sghmc, swag, vi
+from raysweep.methods import csgld, dropout, ensemble, ivon, laplace, sghmc, swag, vi
 from raysweep.models.linear import Linear
 from raysweep.tasks.regression import LinearRegression
 
@@ -27,7 +27,7 @@ experiment = Experiment(
     grid=Grid(
         n=(100, 400, 1600),
         sizes=(1,),  # the linear model has no size
-        methods=("exact", "ensemble", "dropout", "vi", "laplace", "swag", "sghmc", "csgld"),
+        methods=("exact", "ensemble", "dropout", "vi", "ivon", "laplace", "swag", "sghmc", "csgld"),
         seeds=(0, 1, 2),
         ood=("shifted",),
     ),
@@ -36,6 +36,7 @@ experiment = Experiment(
         ensemble=ensemble.Options(members=16, prior="anchored", prior_precision=ALPHA),
         dropout=dropout.Options(rate=0.1, samples=32),
         vi=vi.Options(guide="meanfield", lr=0.05, samples=64, prior_precision=ALPHA),
+        ivon=ivon.Options(prior_precision=ALPHA, samples=64),
         laplace=laplace.Options(hessian="full", prior="fixed", prior_precision=ALPHA),
         swag=swag.Options(prior_precision=ALPHA),
         sghmc=sghmc.Options(prior_precision=ALPHA),  # the sampler's defaults otherwise
