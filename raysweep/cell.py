@@ -18,9 +18,11 @@ import torch
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions
-from raysweep.training.budget import TrainingDiverged, epochs_for
+from raysweep.training import budget
+from raysweep.training.budget import TrainingDiverged
 from raysweep.models import MODELS, parameter_count
 from raysweep.tasks import TASKS
+from raysweep.tasks.data import content_hash
 
 Report = Callable[[list[dict]], None]
 
@@ -39,7 +41,11 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
     seed_everything(cell["seed"])
     task_config = dict(cell["task"])
     task = TASKS[task_config.pop("name")](**task_config)
+    train = Train(**cell["train"])
     data = task.load(cell["n"], cell["seed"], cell["ood"], cell["eval"]["max_examples"])
+    eval_hashes = {split: content_hash(x, y) for split, (x, y) in data.eval_sets.items()}
+    # The converged budget holds out part of this N's own training examples (never the test set).
+    data = budget.hold_out_validation(data, train, cell["seed"]) if cell["model"] is not None else data
     model = _model(cell)
     params = parameter_count(model, data.input_dim, data.output_dim) if model else data.input_dim
     base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params}
@@ -50,9 +56,9 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
 
     method = METHODS[cell["method"]]
     options = MethodOptions().options_of(cell["method"], cell["method_options"])
-    train = Train(**cell["train"])
+    log = budget.TrainingLog(on_epoch)
     try:
-        posterior = method.fit(data, model, options, train, cell["seed"], on_epoch, device)
+        posterior = method.fit(data, model, options, train, cell["seed"], log, device)
     except TrainingDiverged as exc:  # deterministic: a retry would diverge again
         rows = [base | {"kind": "final", "split": None, "status": "failed", "error": str(exc),
                         "wall_time_s": time.time() - started}]
@@ -60,9 +66,9 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
         return rows
     metrics = evaluate(posterior, data, cell["eval"]["ece_bins"])
     elapsed = time.time() - started
-    epochs = epochs_for(train, cell["n"]) if model else 0
-    rows = [base | {"kind": "final", "split": split, "epoch": epochs, "status": "ok",
-                    "wall_time_s": elapsed} | values for split, values in metrics.items()]
+    facts = _training_facts(log, train, model is not None) | {"n_fit": len(data.train_x)}
+    rows = [base | facts | {"kind": "final", "split": split, "status": "ok", "wall_time_s": elapsed,
+                            "eval_hash": eval_hashes[split]} | values for split, values in metrics.items()]
     report(rows)
     return rows
 
@@ -81,6 +87,16 @@ def run_chunk(cells: list[dict], report: Report, device: str = "cpu",
         except Exception:  # noqa: BLE001 -- any error of one cell is that cell's failure, not its siblings'
             errors[cell["cell_id"]] = traceback.format_exc()
     return errors
+
+
+def _training_facts(log: budget.TrainingLog, train: Train, trains_network: bool) -> dict:
+    """The columns that say how long the cell trained and how it stopped. `epoch`: every epoch run, all
+    phases (SWAG's, SGHMC's and cSGLD's second phase included); `epochs_run`: the training phase's."""
+    if not trains_network:
+        return {"epoch": 0, "epochs_run": 0, "budget": None}
+    outcome = log.outcome or budget.Outcome(log.last_epoch, log.last_loss, None, budget.STOP_FIXED)
+    return {"epoch": log.last_epoch, "epochs_run": outcome.epochs_run, "train_loss": outcome.train_loss,
+            "val_loss": outcome.val_loss, "stop_reason": outcome.stop_reason, "budget": budget.describe(train)}
 
 
 def _model(cell: dict):
