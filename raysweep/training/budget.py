@@ -7,8 +7,9 @@ Two modes (Train.until):
                earlier versions: the same for every N, so small N memorise and large N stop short)
   "converged"  early stopping: a validation split of train.val_fraction of the cell's N training
                examples is held out (hold_out_validation; never the test set), the loss on it is
-               checked after every epoch, and training stops once it has not improved for
-               train.patience_steps optimiser steps (at least train.min_steps are run), or at the cap
+               checked after every epoch, and training stops once it has not improved (by 1%,
+               MIN_IMPROVEMENT) for train.patience_steps optimiser steps (at least train.min_steps
+               are run), or at the cap
                of train.max_epochs. Each member's best weights (lowest validation loss) are kept.
 """
 
@@ -20,6 +21,10 @@ from dataclasses import dataclass, replace
 import torch
 
 FIXED, CONVERGED = "fixed", "converged"
+# An epoch counts as an improvement only if it lowers a member's best validation loss by this share:
+# without it, the slow drift of a memorised set's validation loss (or noise, over M members) resets
+# the patience forever and every small-N cell ran to the cap.
+MIN_IMPROVEMENT = 0.01
 MODES = (FIXED, CONVERGED)
 # stop reasons stored per cell
 STOP_FIXED, STOP_CONVERGED, STOP_CAP = "fixed", "converged", "cap"
@@ -102,7 +107,7 @@ class EarlyStopping:
             self.best_params = {name: value.detach().clone() for name, value in params.items()}
             self.best_step = self.steps
             return False
-        better = losses < self.best_loss
+        better = losses < self.best_loss * (1 - MIN_IMPROVEMENT)
         if better.any():
             self.best_step = self.steps
             self.best_loss = torch.where(better, losses, self.best_loss)
