@@ -1,8 +1,12 @@
 """The flagship: how the uncertainty of small GPT-2 language models scales with tokens and width.
 
-Local default (CPU; 24 cells, 11 minutes on a busy 2-core machine): byte-level modelling of CPython's
-English documentation, OOD = CPython's own Python source, GPT-2 models of three widths, 4-member deep
-ensembles and MC dropout.
+Local default (CPU; 72 cells, 3 seeds, converged budgets): byte-level modelling of CPython's English
+documentation (i.i.d. test windows), OOD = CPython's standard-library code without docstrings or
+comments ("python_code") and as it is ("python_source"), GPT-2 models of three widths, 4-member deep
+ensembles and MC dropout. Measured on a loaded 2-core machine: one ensemble cell at N = 8,192 tokens
+took 5 minutes and reached its 30-epoch cap; OOD AUROC by EU 0.63 (python_code) and 0.60
+(python_source). The byte-level LM does not show the laws within minutes; algorithmic.py (a + b mod
+97, the paper's GPT-2 setting) is the language task to run locally for them.
 
 Full scale (a GPU cluster; RAYSWEEP_SCALE=full): ensemble members trained with DeepSpeed ZeRO-2 in
 bf16 on Ray Train workers, TinyStories with the GPT-2 tokenizer, N from 2^22 to

@@ -1,9 +1,9 @@
 """How the uncertainty of image classifiers scales with training images N and network width P.
 
-Local default (CPU, minutes, offline): scikit-learn's 8x8 digits as 1x8x8 images, a small CNN of
-four widths (1,466 to 43,306 parameters), N from 50 to all 1,400 training images, 4-member deep
-ensembles and MC dropout, one seed: 6 N x 4 widths x 2 methods = 48 cells. OOD: the test digits
-rotated 90° and uniform noise. Each cell records its parameter count P, so the report fits laws in
+Local default (CPU, offline): scikit-learn's 8x8 digits 0-7 as 1x8x8 images, a small CNN of three
+widths, N from 50 to 800 training images, 4-member deep ensembles and MC dropout, three seeds:
+5 N x 3 widths x 2 methods x 3 seeds = 90 cells, converged budgets. OOD: the digits 8 and 9 (never
+trained on), patches of scikit-learn's two sample photographs, and the test digits rotated 90°. Each cell records its parameter count P, so the report fits laws in
 N at each width and in P at each N.
 
 Full scale (a GPU cluster; RAYSWEEP_SCALE=full): CIFAR-10 from the HF hub (`uoft-cs/cifar10`) with
