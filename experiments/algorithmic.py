@@ -21,10 +21,11 @@ local = Experiment(
         n=(500, 1000, 2000, 4000),  # training equations
         sizes=(16, 32, 64),  # n_embd
         methods=("ensemble", "dropout"),
-        seeds=(0,),
+        seeds=(0, 1, 2),
         ood=("unseen_operands", "other_operation"),
     ),
-    train=Train(epochs=5, min_steps=300, batch_size=64, lr=3e-3, weight_decay=0.0),
+    train=Train(epochs=5, min_steps=300, batch_size=64, lr=3e-3, weight_decay=0.0, until="converged",
+                val_fraction=0.1, patience_steps=150, max_epochs=60),
     eval=Eval(max_examples=1000),
     methods=MethodOptions(ensemble=ensemble.Options(members=4), dropout=dropout.Options(rate=0.1, samples=8)),
 )

@@ -15,16 +15,17 @@ from raysweep.tasks.vision import Digits
 
 experiment = Experiment(
     name="digits",
-    task=Digits(n_test=397),
+    task=Digits(n_test=300, held_out_classes=(8, 9)),  # 8 and 9 never trained on: an OOD set
     model=MLP(width=128, depth=2),
     grid=Grid(
-        n=(50, 100, 200, 400, 800, 1400),
+        n=(50, 100, 200, 400, 800, 1100),
         sizes=(8, 32, 128),
         methods=("ensemble", "dropout", "vi", "laplace", "swag", "sghmc", "csgld"),
-        seeds=(0, 1),
-        ood=("rotated", "noise"),
+        seeds=(0, 1, 2),
+        ood=("held_out_classes", "photos", "rotated", "noise"),
     ),
-    train=Train(epochs=12, min_steps=200, batch_size=64, lr=2e-3),
+    train=Train(epochs=12, min_steps=100, batch_size=64, lr=2e-3, until="converged", val_fraction=0.2,
+                patience_steps=50, max_epochs=80),
     methods=MethodOptions(
         ensemble=ensemble.Options(members=5),
         dropout=dropout.Options(rate=0.2, samples=32),

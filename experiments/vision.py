@@ -1,9 +1,9 @@
 """How the uncertainty of image classifiers scales with training images N and network width P.
 
-Local default (CPU, minutes, offline): scikit-learn's 8x8 digits as 1x8x8 images, a small CNN of
-four widths (1,466 to 43,306 parameters), N from 50 to all 1,400 training images, 4-member deep
-ensembles and MC dropout, one seed: 6 N x 4 widths x 2 methods = 48 cells. OOD: the test digits
-rotated 90° and uniform noise. Each cell records its parameter count P, so the report fits laws in
+Local default (CPU, offline): scikit-learn's 8x8 digits 0-7 as 1x8x8 images, a small CNN of three
+widths, N from 50 to 800 training images, 4-member deep ensembles and MC dropout, three seeds:
+5 N x 3 widths x 2 methods x 3 seeds = 90 cells, converged budgets. OOD: the digits 8 and 9 (never
+trained on), patches of scikit-learn's two sample photographs, and the test digits rotated 90°. Each cell records its parameter count P, so the report fits laws in
 N at each width and in P at each N.
 
 Full scale (a GPU cluster; RAYSWEEP_SCALE=full): CIFAR-10 from the HF hub (`uoft-cs/cifar10`) with
@@ -26,17 +26,20 @@ from raysweep.tasks.vision import Digits, Vision
 
 local = Experiment(
     name="vision",
-    task=Digits(n_test=397, as_images=True),
+    # Digits 8 and 9 are never trained on: they, and patches of photographs, are the OOD sets.
+    task=Digits(n_test=300, as_images=True, held_out_classes=(8, 9)),
     model=CNN(width=16, stages=2),
     grid=Grid(
-        n=(50, 100, 200, 400, 800, 1400),
-        sizes=(8, 16, 32, 48),  # CNN width: channels of the first stage
+        n=(50, 100, 200, 400, 800),
+        sizes=(8, 16, 32),  # CNN width: channels of the first stage
         methods=("ensemble", "dropout"),
-        seeds=(0,),
-        ood=("rotated", "noise"),
+        seeds=(0, 1, 2),
+        ood=("held_out_classes", "photos", "rotated"),
     ),
-    # Every cell takes at least 200 steps, so small N are not simply undertrained.
-    train=Train(epochs=10, min_steps=200, batch_size=64, lr=5e-3),
+    # Every cell trains until its validation loss (20% of its N) stops improving: small N do not
+    # memorise for a fixed 200 steps, large N are not cut short.
+    train=Train(epochs=10, min_steps=60, batch_size=64, lr=5e-3, until="converged", val_fraction=0.2,
+                patience_steps=40, max_epochs=60),
     methods=MethodOptions(ensemble=ensemble.Options(members=4), dropout=dropout.Options(rate=0.1, samples=16)),
 )
 
@@ -46,7 +49,8 @@ full = replace(
     model=WideResNet(widen=4, depth=16),
     grid=replace(local.grid, n=tuple(50_000 // 2**j for j in range(6, -1, -1)), sizes=(1, 2, 4, 8, 10),
                  seeds=(0, 1, 2), ood=("svhn", "cifar100")),
-    train=Train(epochs=100, min_steps=5_000, batch_size=128, lr=1e-3, weight_decay=5e-4),
+    train=Train(epochs=100, min_steps=5_000, batch_size=128, lr=1e-3, weight_decay=5e-4, until="converged",
+                val_fraction=0.1, patience_steps=2_000, max_epochs=200),
     eval=Eval(max_examples=10_000),
     methods=MethodOptions(ensemble=ensemble.Options(members=5), dropout=dropout.Options(rate=0.1, samples=32)),
     resources=Resources(cpus=8, gpus=1),

@@ -20,8 +20,11 @@ from raysweep.evaluate import FirstSamples, evaluate
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions
 from raysweep.models import MODELS, parameter_count
+from raysweep.plan import training_flops
 from raysweep.tasks import TASKS
-from raysweep.training.budget import TrainingDiverged, epochs_for
+from raysweep.tasks.data import content_hash
+from raysweep.training import budget
+from raysweep.training.budget import TrainingDiverged
 
 Report = Callable[[list[dict]], None]
 
@@ -40,7 +43,11 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
     seed_everything(cell["seed"])
     task_config = dict(cell["task"])
     task = TASKS[task_config.pop("name")](**task_config)
+    train = Train(**cell["train"])
     data = task.load(cell["n"], cell["seed"], cell["ood"], cell["eval"]["max_examples"])
+    eval_hashes = {split: content_hash(x, y) for split, (x, y) in data.eval_sets.items()}
+    # The converged budget holds out part of this N's own training examples (never the test set).
+    data = budget.hold_out_validation(data, train, cell["seed"]) if cell["model"] is not None else data
     model = _model(cell)
     params = parameter_count(model, data.input_dim, data.output_dim) if model else data.input_dim
     method = METHODS[cell["method"]]
@@ -52,9 +59,9 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
         report([base | {"kind": "epoch", "split": "train", "epoch": epoch, "loss": loss,
                         "status": "ok", "wall_time_s": time.time() - started}])
 
-    train = Train(**cell["train"])
+    log = budget.TrainingLog(on_epoch)
     try:
-        posterior = method.fit(data, model, options, train, cell["seed"], on_epoch, device)
+        posterior = method.fit(data, model, options, train, cell["seed"], log, device)
     except TrainingDiverged as exc:  # deterministic: a retry would diverge again
         rows = [base | {"kind": "final", "split": None, "status": "failed", "error": str(exc),
                         "wall_time_s": time.time() - started}]
@@ -64,11 +71,12 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
     for members in cell.get("members", []):  # grid.members: nested sub-ensembles of the same pool
         evaluations[members] = evaluate(FirstSamples(posterior, members), data, cell["eval"]["ece_bins"])
     elapsed = time.time() - started
-    epochs = epochs_for(train, cell["n"]) if model else 0
+    facts = _training_facts(log, train, model is not None) | {"n_fit": len(data.train_x)}
+    facts["train_flops"] = _train_flops(facts, params, data, method.networks_trained(options)) if model else 0.0
     reason = quality.degenerate(evaluations[None], quality.baselines(data))
     status = {"status": "ok"} if reason is None else {"status": "degenerate", "error": reason}
-    rows = [base | {"kind": "final", "split": split, "epoch": epochs, "members": members,
-                    "wall_time_s": elapsed} | status | values
+    rows = [base | facts | {"kind": "final", "split": split, "members": members, "wall_time_s": elapsed,
+                            "eval_hash": eval_hashes[split]} | status | values
             for members, metrics in evaluations.items() for split, values in metrics.items()]
     report(rows)
     return rows
@@ -88,6 +96,23 @@ def run_chunk(cells: list[dict], report: Report, device: str = "cpu",
         except Exception:  # noqa: BLE001 -- any error of one cell is that cell's failure, not its siblings'
             errors[cell["cell_id"]] = traceback.format_exc()
     return errors
+
+
+def _training_facts(log: budget.TrainingLog, train: Train, trains_network: bool) -> dict:
+    """The columns that say how long the cell trained and how it stopped. `epoch`: every epoch run, all
+    phases (SWAG's, SGHMC's and cSGLD's second phase included); `epochs_run`: the training phase's."""
+    if not trains_network:
+        return {"epoch": 0, "epochs_run": 0, "budget": None}
+    outcome = log.outcome or budget.Outcome(log.last_epoch, log.last_loss, None, budget.STOP_FIXED)
+    return {"epoch": log.last_epoch, "epochs_run": outcome.epochs_run, "train_loss": outcome.train_loss,
+            "val_loss": outcome.val_loss, "stop_reason": outcome.stop_reason, "budget": budget.describe(train)}
+
+
+def _train_flops(facts: dict, params: int, data, networks: int) -> float:
+    """Compute C of the cell: the --plan formula with the epochs it ran (all phases) over its fitted
+    examples; a unit is a token of a sequence task, an example otherwise."""
+    units = data.train_x[0].numel() if data.train_x.dtype == torch.long else 1
+    return training_flops(params, units, facts["epoch"] * facts["n_fit"], networks)
 
 
 def _model(cell: dict):

@@ -51,6 +51,25 @@ class Train:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # The budget (raysweep.training.budget): "fixed" = epochs raised to min_steps, the same for every N;
+    # "converged" = early stopping on val_fraction of each N's training examples, after at least
+    # min_steps steps, once patience_steps steps bring no better validation loss, at most max_epochs.
+    until: str = "fixed"
+    val_fraction: float = 0.1
+    patience_steps: int = 100
+    max_epochs: int = 500
+
+    def problems(self) -> str | None:
+        """None, or a message naming a bad budget field and what is allowed."""
+        from raysweep.training.budget import MODES
+
+        if self.until not in MODES:
+            return f"train.until must be one of {', '.join(MODES)}, got {self.until!r}"
+        if self.until == "converged" and not 0 < self.val_fraction < 0.5:
+            return f"train.val_fraction must be in (0, 0.5), got {self.val_fraction}"
+        if self.patience_steps < 1 or self.max_epochs < 1:
+            return f"train.patience_steps and train.max_epochs must be >= 1, got {self.patience_steps}, {self.max_epochs}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -209,7 +228,7 @@ def smoke(experiment: Experiment) -> Experiment:
     return replace(
         experiment,
         grid=replace(grid, n=tuple(sorted(grid.n)[:2]), sizes=tuple(sorted(grid.sizes)[:1]), seeds=grid.seeds[:1]),
-        train=replace(experiment.train, epochs=1, min_steps=0),
+        train=replace(experiment.train, epochs=1, min_steps=0, max_epochs=min(experiment.train.max_epochs, 2)),
         eval=replace(experiment.eval, max_examples=min(experiment.eval.max_examples, 200)),
         methods=experiment.methods.smoke(),
     )
@@ -283,7 +302,7 @@ def _validate(e: Experiment, check_data: bool = True) -> None:
         raise ExperimentError(f"resources must have cpus > 0, gpus >= 0, max_retries >= 0; got {e.resources}")
     # the model as every cell builds it: each value of the size axis
     sized = [replace(e.model, **{e.model.size_knob: size}).problems() for size in g.sizes]
-    for problem in (e.task.problems(), e.model.problems(), *sized, e.methods.problems()):
+    for problem in (e.task.problems(), e.model.problems(), *sized, e.methods.problems(), e.train.problems()):
         if problem:
             raise ExperimentError(problem)
     if any(METHODS[m].uses_model for m in g.methods):

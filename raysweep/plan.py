@@ -5,6 +5,7 @@ per training unit (forward 2, backward 4), where a unit is a token for sequence 
 example otherwise. Prediction costs 2 FLOPs per parameter per unit per posterior sample.
 
     train FLOPs ≈ 6 · P · units per example · examples seen · training phases · networks trained
+                  (the converged mode at its cap: an upper bound; each cell stores what it ran)
     eval  FLOPs ≈ 2 · P · units per example · evaluation examples · (S + Σ grid.members)
 
 (each sub-ensemble size m of grid.members is one more evaluation with m members or samples).
@@ -20,7 +21,7 @@ import torch
 from raysweep.experiment import Experiment, cell_label, cells
 from raysweep.methods import METHODS, MethodOptions
 from raysweep.models import MODELS, parameter_count
-from raysweep.training.budget import epochs_for
+from raysweep.training.budget import max_epochs
 
 # Sustained throughput assumed for GPU-hours: 40% of an H100's dense bf16 peak (989 TFLOP/s).
 ASSUMED_FLOPS_PER_SECOND = 0.4 * 989e12
@@ -53,11 +54,18 @@ def estimate(experiment: Experiment) -> list[CellCost]:
             params = input_dim
         networks, phases, samples = _networks_phases_samples(cell)
         examples = max(cell["n"] // units, 1) if counts_tokens else cell["n"]
-        seen = epochs_for(experiment.train, examples) * examples * phases
-        train = 6 * params * units * seen * networks if cell["model"] else 0.0
+        # the converged mode stops when it stops: its cap bounds the cost from above
+        seen = max_epochs(experiment.train, examples) * examples * phases
+        train = training_flops(params, units, seen, networks) if cell["model"] else 0.0
         predictions = samples + sum(cell.get("members", []))
         costs.append(CellCost(cell_label(cell), params, train, 2 * params * units * eval_examples * predictions))
     return costs
+
+
+def training_flops(params: int, units: int, examples_seen: int, networks: int) -> float:
+    """6 · P · units per example · examples seen · networks trained (forward 2, backward 4 per unit).
+    --plan calls it with the budget; every cell stores it with the epochs it ran (`train_flops`)."""
+    return 6.0 * params * units * examples_seen * networks
 
 
 def _task_dims(experiment: Experiment) -> tuple[int, int, int, int]:

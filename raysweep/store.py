@@ -56,6 +56,16 @@ SCHEMA = pa.schema(
         ("wall_time_s", pa.float64()),
         ("node", pa.string()),  # Ray node id of the worker that ran the cell
         *[(name, pa.float64()) for name in METRICS],
+        # how the cell trained (raysweep.training.budget): the training phase's epochs, its last epoch's
+        # loss, the validation loss of the weights kept, why it stopped, the budget, the examples fitted
+        ("epochs_run", pa.int64()),
+        ("train_loss", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("stop_reason", pa.string()),  # "converged", "cap" or "fixed"
+        ("budget", pa.string()),
+        ("n_fit", pa.int64()),  # training examples after the validation split (N in the fixed mode)
+        ("train_flops", pa.float64()),  # compute C: 6·P·units·examples seen·networks, as run (plan.training_flops)
+        ("eval_hash", pa.string()),  # content hash of the row's evaluation set (tasks.data.content_hash)
         ("config", pa.string()),  # the cell's full resolved config, JSON
         ("versions", pa.string()),  # package versions, JSON
     ]

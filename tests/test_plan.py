@@ -9,14 +9,22 @@ from raysweep.plan import estimate
 
 def test_plan_flops_follow_the_stated_formula(root):
     e = E.apply_overrides(E.load(root / "experiments" / "digits.py"),
-                          ["grid.n=100", "grid.sizes=16", "grid.methods=ensemble", "grid.seeds=0",
+                          ["grid.n=100", "grid.sizes=16", "grid.methods=ensemble", "grid.seeds=0", "train.until=fixed",
                            "train.epochs=3", "train.min_steps=0", "methods.ensemble.members=5"])
     (cost,) = estimate(e)
-    params = (64 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10)  # MLP 64 -> 16 -> 16 -> 10
+    params = (64 * 16 + 16) + (16 * 16 + 16) + (16 * 8 + 8)  # MLP 64 -> 16 -> 16 -> 8 (8 and 9 held out)
     assert cost.params == params
     assert cost.train_flops == 6 * params * 1 * (3 * 100) * 5
-    eval_examples = 397 * (1 + len(e.grid.ood))
+    eval_examples = sum(len(x) for x, _ in e.task.load(100, 0, list(e.grid.ood), e.eval.max_examples).eval_sets.values())
     assert cost.eval_flops == 2 * params * eval_examples * 5
+
+
+def test_plan_bounds_the_converged_mode_by_its_cap(root):
+    e = E.apply_overrides(E.load(root / "experiments" / "digits.py"),
+                          ["grid.n=100", "grid.sizes=16", "grid.methods=ensemble", "grid.seeds=0", "train.until=converged",
+                           "train.max_epochs=40", "methods.ensemble.members=5"])
+    (cost,) = estimate(e)
+    assert cost.train_flops == 6 * cost.params * (40 * 100) * 5
 
 
 def test_plan_runs_nothing_and_works_offline_for_a_hub_corpus(root, capsys, monkeypatch):
@@ -71,3 +79,18 @@ def test_plan_counts_one_more_evaluation_per_sub_ensemble_size(root):
                            "methods.ensemble.members=8", "grid.members=2,4"])
     (cost,) = estimate(e)
     assert cost.eval_flops == 2 * cost.params * e.task.n_test * (8 + 2 + 4)
+
+
+def test_every_cell_stores_the_compute_it_ran(root):
+    """C = 6 · P · examples seen · networks, counted from what the cell ran: its epochs (all phases)
+    over its fitted examples; for the fixed budget of 3 epochs of 100 examples, by hand."""
+    from raysweep.cell import run_cell
+
+    e = E.apply_overrides(E.load(root / "experiments" / "regression.py"),
+                          ["grid.n=100", "grid.sizes=8", "grid.methods=ensemble,dropout", "grid.seeds=0", "grid.ood=",
+                           "train.until=fixed", "train.epochs=3", "train.min_steps=0", "methods.ensemble.members=5"])
+    for cell in E.cells(e.validate()):
+        (row,) = [r for r in run_cell(cell, lambda rows: None) if r["kind"] == "final"]
+        networks = 5 if cell["method"] == "ensemble" else 1
+        assert row["epoch"] == 3 and row["n_fit"] == 100
+        assert row["train_flops"] == 6 * row["params"] * (3 * 100) * networks

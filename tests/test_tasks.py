@@ -65,3 +65,30 @@ def test_modular_arithmetic_scores_only_the_answer_and_its_ood_sets_differ():
 def test_modular_arithmetic_refuses_bad_operations():
     assert ModularArithmetic(operation="pow").problems() == "task.operation 'pow' is not one of: add, sub, mul"
     assert "must differ" in ModularArithmetic(operation="add", ood_operation="add").problems()
+
+
+def test_text_test_set_is_an_iid_sample_of_windows_and_python_code_is_code_only():
+    from raysweep.tasks.text import _python_code, _sequences
+
+    task = Text(context=32)
+    data = task.load(32 * 50, 0, ["python_code"], 32 * 200)
+    corpus = _sequences(task._corpus(), 32)
+    positions = {bytes(w.tolist()): i for i, w in enumerate(corpus)}
+    test_x, test_y = data.eval_sets["test"]
+    where = torch.tensor([positions[bytes(torch.cat([x, y[-1:]]).tolist())] for x, y in zip(test_x, test_y)])
+    # drawn from the whole corpus, not its alphabetical tail
+    assert where.min() < len(corpus) * 0.2 and where.max() > len(corpus) * 0.8
+    train_windows = {bytes(torch.cat([x, y[-1:]]).tolist()) for x, y in zip(data.train_x, data.train_y)}
+    assert not train_windows & {bytes(torch.cat([x, y[-1:]]).tolist()) for x, y in zip(test_x, test_y)}
+    code = _python_code(20_000)
+    assert '"""' not in code and "\n#" not in code and "def " in code
+
+
+def test_eval_hash_changes_with_the_contents_and_only_with_them():
+    from raysweep.tasks.data import content_hash
+
+    data = ModularArithmetic(modulus=13, n_test=20).load(50, 0, [], 20)
+    again = ModularArithmetic(modulus=13, n_test=20).load(60, 1, [], 20)  # other N and seed: same test set
+    assert content_hash(*data.eval_sets["test"]) == content_hash(*again.eval_sets["test"])
+    x, y = data.eval_sets["test"]
+    assert content_hash(x, y) != content_hash(x.flip(0), y.flip(0)) != content_hash(x, None)

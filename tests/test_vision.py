@@ -171,3 +171,20 @@ def test_augmented_cells_train_on_crops_and_flips_and_evaluate_on_the_images(roo
     assert all(r["status"] == "ok" for r in augmented)
     assert [r["total"] for r in augmented] == [r["total"] for r in again]  # the crops are seed-fixed
     assert [r["total"] for r in augmented] != [r["total"] for r in plain]
+
+
+def test_held_out_digit_classes_are_never_trained_on_nor_tested_and_photos_are_not_digits():
+    from sklearn.datasets import load_digits
+
+    task = Digits(n_test=300, held_out_classes=(8, 9))
+    data = task.load(task.available_train_size(), 0, ["held_out_classes", "photos"], 400)
+    assert data.n_classes == 8 and int(data.train_y.max()) == 7 and int(data.eval_sets["test"][1].max()) == 7
+    digits = load_digits()
+    images = torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    held = images[torch.isin(torch.tensor(digits.target), torch.tensor([8, 9]))]
+    ood_x, _ = data.eval_sets["held_out_classes"]
+    assert len(ood_x) == min(400, len(held)) and all((held == x).all(1).any() for x in ood_x)
+    assert not any((ood_x == x).all(1).any() for x in data.train_x)  # no 8 or 9 in training
+    photos, _ = data.eval_sets["photos"]
+    assert photos.shape == (300, 64) and photos.min() == 0 and photos.max() == 1
+    assert not any((images == p).all(1).any() for p in photos[:20])

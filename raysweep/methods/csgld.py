@@ -23,6 +23,7 @@ import torch
 
 from raysweep.methods.base import Method
 from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
+from raysweep.training.likelihood import training_units
 from raysweep.training.loop import augmenter, seeded_network, train_network
 from raysweep.training.samples import SampledNetworks, flatten
 from raysweep.training.sgmcmc import (
@@ -76,6 +77,7 @@ class CSGLD(Method):
         x, y = data.train_x.to(device), data.train_y.to(device)
         n, trained = len(x), epochs_for(train, len(x))
         per_epoch = steps_per_epoch(train, n)
+        units = training_units(data)  # the likelihood's N: tokens of a sequence task, not sequences
         # as many steps as training took, and at least enough for every cycle to hold its samples
         epochs = max(trained, math.ceil(options.cycles * 2 * options.samples_per_cycle / per_epoch))
         cycle = epochs * per_epoch // options.cycles  # L; leftover steps at the end are not run
@@ -94,8 +96,8 @@ class CSGLD(Method):
                 if step >= cycle * options.cycles:
                     break
                 position = step % cycle
-                eta = options.lr / 2 * (math.cos(math.pi * position / cycle) + 1) / n
-                grads, variances, nll = gradient_and_noise(network, params, augment(x[idx]), y[idx], data.kind, n,
+                eta = options.lr / 2 * (math.cos(math.pi * position / cycle) + 1) / units
+                grads, variances, nll = gradient_and_noise(network, params, augment(x[idx]), y[idx], data.kind, units,
                                                            options.prior_precision)
                 with torch.no_grad():
                     for p, g, variance in zip(params, grads, minibatch_noise.update(variances)):

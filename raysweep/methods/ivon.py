@@ -17,7 +17,7 @@ import ivon as ivon_opt
 import torch
 
 from raysweep.methods.base import Method
-from raysweep.tasks.data import CLASSIFICATION, IGNORE_INDEX
+from raysweep.training.likelihood import training_units
 from raysweep.training.loop import seeded_network, train_members
 from raysweep.training.samples import SampledNetworks
 from raysweep.training.stack import StackedMembers
@@ -49,13 +49,6 @@ class Options:
         return None
 
 
-def scored_units(train_y: torch.Tensor, kind: str) -> int:
-    """λ: how many terms the full-data NLL sums, the units the per-unit mean loss is taken over."""
-    if kind == CLASSIFICATION:
-        return int((train_y != IGNORE_INDEX).sum())  # examples, or scored tokens of a sequence task
-    return len(train_y)
-
-
 def ivon_optimizer(params, train, *, ess: int, options: Options) -> ivon_opt.IVON:
     return ivon_opt.IVON(params, lr=options.lr, ess=ess, hess_init=options.hess_init, beta2=options.beta2,
                          weight_decay=options.prior_precision / ess)
@@ -82,7 +75,7 @@ class IVON(Method):
         built = []
 
         def factory(params, train):  # keeps the optimizer: its Hessian estimate is the posterior
-            built.append(ivon_optimizer(params, train, ess=scored_units(data.train_y, data.kind), options=options))
+            built.append(ivon_optimizer(params, train, ess=training_units(data), options=options))
             return built[0]
 
         train_members(stack, data, train, seed, on_epoch, optimizer=factory)

@@ -21,6 +21,7 @@ import torch
 
 from raysweep.methods.base import Method
 from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
+from raysweep.training.likelihood import training_units
 from raysweep.training.loop import augmenter, seeded_network, train_network
 from raysweep.training.samples import SampledNetworks, flatten
 from raysweep.training.sgmcmc import (
@@ -90,7 +91,8 @@ class SGHMC(Method):
         first = min(int(options.burnin * total_steps), total_steps - 1)
         # S collection steps spread evenly over the post-burn-in steps, the last step included
         keep = {first + round((i + 1) * (total_steps - first) / options.samples) - 1 for i in range(options.samples)}
-        eta = options.lr / n
+        units = training_units(data)  # the likelihood's N: tokens of a sequence task, not sequences
+        eta = options.lr / units
         params = list(network.parameters())
         momenta = [torch.zeros_like(p) for p in params]
         minibatch_noise = NoiseEstimate()
@@ -100,7 +102,7 @@ class SGHMC(Method):
         for epoch, batches in independent_minibatches(n, train.batch_size, epochs, seed + 1, device):
             total = 0.0
             for idx in batches:
-                grads, variances, nll = gradient_and_noise(network, params, augment(x[idx]), y[idx], data.kind, n,
+                grads, variances, nll = gradient_and_noise(network, params, augment(x[idx]), y[idx], data.kind, units,
                                                            options.prior_precision)
                 with torch.no_grad():
                     for p, v, g, variance in zip(params, momenta, grads, minibatch_noise.update(variances)):

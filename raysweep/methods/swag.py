@@ -23,9 +23,10 @@ from torch.optim.swa_utils import AveragedModel
 
 from raysweep.methods.base import Method
 from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
-from raysweep.training.likelihood import mean_loss
+from raysweep.training.likelihood import training_units
 from raysweep.training.loop import augmenter, minibatches, seeded_network, train_network
 from raysweep.training.samples import SampledNetworks, flatten
+from raysweep.training.sgmcmc import potential
 
 COVARIANCES = ("diagonal", "lowrank")
 
@@ -80,21 +81,22 @@ class SWAG(Method):
         swa = AveragedModel(network)  # running mean of the snapshots
         square_mean = torch.zeros_like(flatten(network), dtype=torch.float64)  # float64: var = E θ² - θ̄² cancels
         deviations = deque(maxlen=options.rank)
-        # SGD on the per-example negative log posterior, nll + α/(2N)·‖θ‖²: weight decay α/N. Without it
+        # SGD on the per-unit negative log posterior U/N = nll + α/(2N)·‖θ‖² (sgmcmc.potential; N the scored
+        # units, tokens of a sequence task, as nll is a mean over them). Without the prior
         # a network that fits a small training set exactly has near-zero gradients, SGD stands still and
         # the fitted covariance collapses (EU ~1e-4 at N = 50, width 128); the prior keeps the loss, and
         # so SGD's noise, away from zero, more so the less data there is.
-        optimizer = torch.optim.SGD(network.parameters(), lr=options.lr, momentum=0.9,
-                                    weight_decay=options.prior_precision / n)
+        units = training_units(data)
+        optimizer = torch.optim.SGD(network.parameters(), lr=options.lr, momentum=0.9)
         epochs = math.ceil(interval * options.snapshots / per_epoch)
         step, snapshot = 0, 0
         augment = augmenter(data, seed + 1)
         for epoch, batches in minibatches(n, train.batch_size, epochs, seed + 1, device):
             total, count = 0.0, 0
             for idx in batches[:max(0, interval * options.snapshots - step)]:
-                loss = mean_loss(network, augment(x[idx]), y[idx], data.kind)
+                energy, loss = potential(network, augment(x[idx]), y[idx], data.kind, units, options.prior_precision)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (energy / units).backward()
                 optimizer.step()
                 step, total, count = step + 1, total + loss.item(), count + 1
                 if step % interval == 0:

@@ -5,8 +5,11 @@ weights have Gaussian priors N(0, 1/α), a Gaussian guide fitted by stochastic v
   guide="lowrank": AutoLowRankMultivariateNormal, diagonal plus rank-`rank` covariance.
 - last_layer=True: only the last layer is Bayesian; the layers before it are point estimates
   learned by the same ELBO (for large models).
-- The ELBO is scaled to the dataset: the likelihood sits in pyro.plate("data", size=N, subsample=…),
-  so a minibatch of B examples counts N/B times, and the KL term once per step.
+- The ELBO is scaled to the dataset: the likelihood is over scored units (tokens of a sequence task,
+  IGNORE_INDEX masked out), and a minibatch with b scored units counts N/b times, N the training
+  set's scored units (training_units); the KL term counts once per step.
+- train.until="converged": after each epoch the validation loss of the guide's median network
+  decides when to stop (training.budget), and the guide of the best epoch is kept.
 - Regression: the likelihood is N(mean, variance) from the network's Gaussian head, unless the task
   states its noise variance (`extras["noise_var"]`, as the linear-Gaussian task does), which is then
   used as known, like the exact posterior does.
@@ -25,6 +28,7 @@ from dataclasses import dataclass, replace
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import (
     AutoLowRankMultivariateNormal,
@@ -36,9 +40,10 @@ from pyro.nn.module import to_pyro_module_
 from torch import nn
 
 from raysweep.methods.base import Method
-from raysweep.tasks.data import CLASSIFICATION
+from raysweep.tasks.data import CLASSIFICATION, IGNORE_INDEX
+from raysweep.training import budget
 from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
-from raysweep.training.likelihood import gaussian_head
+from raysweep.training.likelihood import gaussian_head, scored_units, training_units
 from raysweep.training.loop import augmenter, minibatches
 
 GUIDES = ("meanfield", "lowrank")
@@ -100,16 +105,28 @@ class Model:
         self.network, self.kind, self.noise_var = network, kind, noise_var
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None):
-        outputs = self.network(x)  # (B, out)
-        with pyro.plate("data", size=size or len(x), subsample=torch.arange(len(x), device=x.device)):
-            if self.kind == CLASSIFICATION:
-                pyro.deterministic("outputs", outputs)
-                return pyro.sample("y", dist.Categorical(logits=outputs), obs=y)
+        """size: the training set's scored units; the batch's log likelihood is scaled by size / its scored
+        units (1 when size is None). The plate runs over units: tokens of a sequence task, examples otherwise."""
+        outputs = self.network(x)  # (B, out), or (B, T, V) for a sequence task
+        if self.kind == CLASSIFICATION:
+            pyro.deterministic("outputs", outputs)
+            likelihood = dist.Categorical(logits=outputs.reshape(-1, outputs.shape[-1]))  # one row per token
+        else:
             mean, variance = gaussian_head(outputs)
             if self.noise_var is not None:
                 variance = torch.full_like(mean, self.noise_var)
             pyro.deterministic("outputs", torch.stack([mean, variance], -1))
-            return pyro.sample("y", dist.Normal(mean, variance.sqrt()), obs=y)
+            likelihood = dist.Normal(mean, variance.sqrt())
+        targets, scale = None, 1.0
+        if y is not None:
+            targets = y.reshape(-1)
+            if self.kind == CLASSIFICATION:
+                scored = targets != IGNORE_INDEX
+                likelihood, targets = likelihood.mask(scored), targets.clamp_min(0)  # masked: log prob 0
+            if size is not None:
+                scale = size / max(scored_units(y, self.kind), 1)
+        with pyro.plate("data", likelihood.batch_shape[0]), poutine.scale(scale=scale):
+            return pyro.sample("y", likelihood, obs=targets)
 
 
 class Posterior:
@@ -127,6 +144,35 @@ class Posterior:
         return outputs[..., 0], outputs[..., 1]  # (S, B) means and variances
 
 
+class _Watch:
+    """Early stopping of VI: the validation loss (mean NLL per scored unit) of the guide's median network,
+    and a copy of the guide's parameters at its best."""
+
+    def __init__(self, pyro_model: Model, guide, data, train, steps: int):
+        self.model, self.guide = pyro_model, guide
+        val_x, val_y = data.extras["validation"]
+        device = next(iter(pyro.get_param_store().values()), torch.zeros(())).device
+        self.x, self.y = val_x.to(device), val_y.to(device)
+        self.units = scored_units(val_y, data.kind)
+        self.rule = budget.EarlyStopping(train, steps)
+
+    @torch.no_grad()
+    def loss(self) -> torch.Tensor:
+        median = poutine.condition(self.model, data=self.guide.median())
+        trace = poutine.trace(median).get_trace(self.x, self.y)
+        return -trace.nodes["y"]["fn"].log_prob(trace.nodes["y"]["value"]).sum() / max(self.units, 1)
+
+    def stopping(self) -> bool:
+        params = dict(pyro.get_param_store().named_parameters())
+        return self.rule.update(self.loss().reshape(1), {name: p.unsqueeze(0) for name, p in params.items()})
+
+    def finish(self) -> float:
+        for name, p in pyro.get_param_store().named_parameters():
+            with torch.no_grad():
+                p.copy_(self.rule.best_params[name][0])
+        return self.rule.best_loss.item()
+
+
 class VI(Method):
     """Mean-field or low-rank Gaussian variational inference over the weights, with Pyro."""
 
@@ -140,7 +186,7 @@ class VI(Method):
         noise_var = data.extras.get("noise_var") if data.kind != CLASSIFICATION else None
         pyro_model = Model(network, data.kind, noise_var)
         x, y = data.train_x.to(device), data.train_y.to(device)
-        n = len(x)
+        n, units = len(x), training_units(data)  # examples to draw minibatches from; the likelihood's N
         with pyro.get_param_store().scope() as store_state:
             if options.guide == "meanfield":
                 guide = AutoNormal(pyro_model, init_loc_fn=init_to_value(values=init), init_scale=INIT_SCALE)
@@ -149,19 +195,28 @@ class VI(Method):
                 guide = AutoLowRankMultivariateNormal(pyro_model, init_loc_fn=init_to_value(values=init),
                                                       init_scale=INIT_SCALE, rank=options.rank)
                 elbo = Trace_ELBO()
-            epochs = epochs_for(train, n)
-            steps = epochs * steps_per_epoch(train, n)
+            epochs = budget.max_epochs(train, n)
+            # the learning-rate decay spans the fixed budget (in the converged mode it goes on decaying)
+            steps = epochs_for(train, n) * steps_per_epoch(train, n)
             # Adam whose step size decays to lr/10 by the end: the last iterates average out the ELBO's noise
             optimizer = pyro.optim.ClippedAdam({"lr": options.lr, "lrd": LR_DECAY ** (1 / steps), "clip_norm": 100.0})
             svi = SVI(pyro_model, guide, optimizer, elbo)
             augment = augmenter(data, seed)
+            watch = _Watch(pyro_model, guide, data, train, steps_per_epoch(train, n)) \
+                if train.until == budget.CONVERGED else None
+            stop_reason = budget.STOP_FIXED if watch is None else budget.STOP_CAP
             for epoch, batches in minibatches(n, train.batch_size, epochs, seed, device):
-                # svi.step returns the negative ELBO estimate for the whole data set: report it per example.
+                # svi.step returns the negative ELBO estimate for the whole data set: report it per unit.
                 # Pyro's argument validation costs ~30% of a small model's step; the model was checked on step 1.
                 with pyro.validation_enabled(epoch == 1):
-                    loss = sum(svi.step(augment(x[idx]), y[idx], n) for idx in batches) / len(batches) / n
+                    loss = sum(svi.step(augment(x[idx]), y[idx], units) for idx in batches) / len(batches) / units
                 check_finite(epoch, loss)
                 on_epoch(epoch, loss)
+                if watch is not None and watch.stopping():
+                    stop_reason = budget.STOP_CONVERGED
+                    break
+            val_loss = watch.finish() if watch is not None else None
+            budget.report_outcome(on_epoch, budget.Outcome(epoch, loss, val_loss, stop_reason))
             with torch.no_grad():
                 draws = Predictive(guide, num_samples=options.samples)(x[:1])  # {site: (S, ...)}
         return Posterior(pyro_model, draws, store_state, data.kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -34,3 +35,17 @@ def nested_subset(pool_size: int, n: int, seed: int) -> torch.Tensor:
     """Indices of the first n of a seed-fixed permutation: for one seed, smaller N ⊂ larger N."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(pool_size, generator=generator)[:n]
+
+
+def content_hash(x: torch.Tensor, y: torch.Tensor | None) -> str:
+    """A short hash of an evaluation set's contents (inputs, labels, their dtypes and shapes): two rows
+    with the same hash were scored on the same examples, whatever Python or corpus version made them."""
+    digest = hashlib.sha256()
+    for tensor in (x, y):
+        if tensor is None:
+            digest.update(b"none")
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]

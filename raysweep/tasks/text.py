@@ -1,7 +1,11 @@
 """Next-token language modelling. N is counted in training tokens.
 
 Offline default: byte-level modelling (vocabulary 256, no tokenizer to download) of CPython's own
-English documentation topics (`pydoc_data.topics`), with CPython's Python source as the OOD set.
+English documentation topics (`pydoc_data.topics`). The test set is an i.i.d. sample of the corpus's
+windows (a fixed random test_fraction of them, the same for every cell). OOD sets: "python_code",
+CPython's standard-library code with every docstring and comment removed (ast.unparse: code, not
+English), and "python_source", the same files as they are (mostly docstrings and comments: near-OOD).
+Both depend on the Python version; each row stores its evaluation set's content hash (eval_hash).
 With internet access (or a local copy), any HF `datasets` text corpus and a `transformers`
 tokenizer go through the same code:
 
@@ -13,6 +17,7 @@ tokenizer go through the same code:
 
 from __future__ import annotations
 
+import ast
 import functools
 import glob
 import sysconfig
@@ -26,6 +31,7 @@ from raysweep.tasks.base import Task
 from raysweep.tasks.data import CLASSIFICATION, TaskData, nested_subset
 
 BYTE_VOCAB = 256
+SPLIT_SEED = 12345  # fixes which windows are the test set, for every cell
 # Vocabulary sizes of common tokenizers, so --plan works offline for a corpus on the hub.
 KNOWN_VOCAB = {"gpt2": 50257, "EleutherAI/gpt-neox-20b": 50277}
 
@@ -37,11 +43,11 @@ class Text(Task):
     source: str = "pydoc"  # "pydoc", "hf:<dataset>[:<config>]" or "text:<glob of local text files>"
     tokenizer: str = ""  # "" = raw bytes; else a transformers tokenizer name or local folder
     context: int = 64  # tokens per training sequence
-    test_fraction: float = 0.1  # the corpus tail held out for evaluation, fixed for every cell
+    test_fraction: float = 0.1  # a fixed random share of the corpus's windows held out for evaluation
     max_corpus_tokens: int = 50_000_000
 
     def available_train_size(self) -> int:
-        return int(len(self._corpus()) * (1 - self.test_fraction)) - self.context
+        return len(self._split()[1]) * self.context
 
     def min_train_size(self) -> int:
         return self.context  # N counts tokens; a cell needs at least one whole sequence
@@ -50,7 +56,7 @@ class Text(Task):
         return "one sequence of task.context tokens"
 
     def ood_sets(self) -> tuple[str, ...]:
-        return ("python_source",)
+        return ("python_code", "python_source")
 
     def problems(self) -> str | None:
         if not (self.source == "pydoc" or self.source.startswith(("hf:", "text:"))):
@@ -71,17 +77,25 @@ class Text(Task):
         return self.context, vocab, self.context, max(1, max_eval // self.context) * (1 + n_ood)
 
     def load(self, n: int, seed: int, ood: list[str], max_eval: int) -> TaskData:
-        corpus = self._corpus()
-        split = int(len(corpus) * (1 - self.test_fraction))
-        train_seqs = _sequences(corpus[:split], self.context)
+        test_all, train_seqs = self._split()
         chosen = train_seqs[nested_subset(len(train_seqs), n // self.context, seed)]
-        test = _sequences(corpus[split:], self.context)[: max(1, max_eval // self.context)]
+        test = test_all[: max(1, max_eval // self.context)]
         eval_sets = {"test": (test[:, :-1], test[:, 1:])}
-        if "python_source" in ood:
-            source = _sequences(self._encode(_python_source(len(corpus) - split)), self.context)[: len(test)]
-            eval_sets["python_source"] = (source[:, :-1], source[:, 1:])
+        chars = 4 * len(test) * (self.context + 1)  # enough text for len(test) windows of any tokenizer
+        for name, text in (("python_code", _python_code), ("python_source", _python_source)):
+            if name in ood:
+                windows = _sequences(self._encode(text(chars)), self.context)[: len(test)]
+                eval_sets[name] = (windows[:, :-1], windows[:, 1:])
         return TaskData(kind=CLASSIFICATION, train_x=chosen[:, :-1], train_y=chosen[:, 1:], eval_sets=eval_sets,
                         n_classes=self.vocab_size)
+
+    def _split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(test windows, training-pool windows): a fixed random test_fraction of the corpus's
+        non-overlapping windows is the test set, so it is drawn from the training distribution."""
+        windows = _sequences(self._corpus(), self.context)
+        order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        held = max(1, int(len(windows) * self.test_fraction))
+        return windows[order[:held]], windows[order[held:]]
 
     def _corpus(self) -> torch.Tensor:
         return _load_corpus(self.source, self.tokenizer, self.max_corpus_tokens)
@@ -142,6 +156,28 @@ def _python_source(chars: int) -> str:
     for path in sorted(glob.glob(f"{sysconfig.get_paths()['stdlib']}/*.py")):
         with open(path, encoding="utf-8", errors="replace") as handle:
             parts.append(handle.read())
+        total += len(parts[-1])
+        if total >= chars:
+            break
+    return "\n".join(parts)[:chars]
+
+
+def _python_code(chars: int) -> str:
+    """CPython's standard-library modules as code only: parsed, every docstring dropped, written back
+    with ast.unparse (which drops comments). Text that is code, unlike the documentation corpus."""
+    parts, total = [], 0
+    for path in sorted(glob.glob(f"{sysconfig.get_paths()['stdlib']}/*.py")):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            try:
+                tree = ast.parse(handle.read())
+            except SyntaxError:
+                continue
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        parts.append(ast.unparse(tree))
         total += len(parts[-1])
         if total >= chars:
             break

@@ -31,6 +31,21 @@ def loss_per_member(outputs: torch.Tensor, targets: torch.Tensor, kind: str, may
     return nn.functional.gaussian_nll_loss(mean, targets, variance, reduction="none", full=True).mean(1)
 
 
+def scored_units(y: torch.Tensor, kind: str) -> int:
+    """How many targets of y the likelihood scores: tokens of a sequence task (IGNORE_INDEX skipped,
+    e.g. the operands of an equation), examples otherwise."""
+    if kind == CLASSIFICATION:
+        return int((y != IGNORE_INDEX).sum())
+    return len(y)
+
+
+def training_units(data) -> int:
+    """The likelihood's N: the scored units of the training set. The losses here are means over scored
+    units, so a log likelihood is training_units · mean loss; counting sequences instead would temper a
+    language model's posterior by its context length (1/64 locally)."""
+    return scored_units(data.train_y, data.kind)
+
+
 def mean_loss(network: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     """Mean per-example negative log-likelihood of one network on a batch (a scalar)."""
     return loss_per_member(network(x).unsqueeze(0), y.unsqueeze(0), kind)[0]

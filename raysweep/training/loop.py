@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from raysweep.tasks.data import CLASSIFICATION, IGNORE_INDEX, TaskData
-from raysweep.training import optim
-from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
-from raysweep.training.likelihood import loss_per_member
+from raysweep.training import budget, optim
+from raysweep.training.budget import check_finite, steps_per_epoch
+from raysweep.training.likelihood import loss_per_member, scored_units
 from raysweep.training.stack import StackedMembers
 
 
@@ -40,7 +40,10 @@ def train_members(
     optimizer: str | optim.Factory = "adam",
 ) -> StackedMembers:
     """Minibatch training of every member at once with the optimizer a method chose (a name in
-    training.optim.OPTIMIZERS, or a factory); reports the mean member loss after each epoch."""
+    training.optim.OPTIMIZERS, or a factory); reports the mean member loss after each epoch.
+    train.until="converged" stops early on the validation split (data.extras["validation"], see
+    budget.hold_out_validation) and keeps each member's best weights; how the run ended goes to
+    on_epoch (budget.report_outcome)."""
     device = stack.device
     x, y = data.train_x.to(device), data.train_y.to(device)
     optimizer = optim.make(optimizer, list(stack.params.values()), train)
@@ -49,7 +52,9 @@ def train_members(
     steps = steps_per_epoch(train, n)
     may_ignore = data.kind == CLASSIFICATION and bool((y == IGNORE_INDEX).any())
     augment = augmenter(data, seed)
-    for epoch in range(1, epochs_for(train, n) + 1):
+    watch = _early_stopping(stack, data, train, steps)
+    epochs, stop_reason = budget.max_epochs(train, n), budget.STOP_FIXED if watch is None else budget.STOP_CAP
+    for epoch in range(1, epochs + 1):
         # Every member sees the data in its own order.
         order = torch.stack([torch.randperm(n, generator=generator) for _ in range(stack.size)]).to(device)  # (M, N)
         total = torch.zeros((), device=device)  # summed where the losses are: no host sync per step
@@ -65,7 +70,54 @@ def train_members(
         epoch_loss = total.item() / steps
         check_finite(epoch, epoch_loss)
         on_epoch(epoch, epoch_loss)
+        if watch is not None and watch.stopping(epoch):
+            stop_reason = budget.STOP_CONVERGED
+            break
+    val_loss = watch.finish() if watch is not None else None
+    budget.report_outcome(on_epoch, budget.Outcome(epoch, epoch_loss, val_loss, stop_reason))
     return stack
+
+
+class _Watch:
+    """Early stopping of a stack on its validation split: the loss per member, in eval mode."""
+
+    def __init__(self, stack: StackedMembers, data: TaskData, train, steps: int):
+        val_x, val_y = data.extras["validation"]
+        self.stack, self.kind = stack, data.kind
+        self.x, self.y = val_x.to(stack.device), val_y.to(stack.device)
+        self.rule = budget.EarlyStopping(train, steps)
+
+    @torch.no_grad()
+    def losses(self) -> torch.Tensor:
+        """(M,) mean validation loss per member over scored targets, in chunks of examples."""
+        total, count = torch.zeros(self.stack.size, device=self.stack.device), 0
+        for xs, ys in zip(self.x.split(VALIDATION_BATCH), self.y.split(VALIDATION_BATCH)):
+            outputs = self.stack.forward(xs, shared_input=True, train=False)
+            targets = ys.expand(self.stack.size, *ys.shape).contiguous()
+            units = scored_units(ys, self.kind)
+            total += loss_per_member(outputs, targets, self.kind) * units
+            count += units
+        return total / max(count, 1)
+
+    def stopping(self, epoch: int) -> bool:
+        return self.rule.update(self.losses(), self.stack.params)
+
+    def finish(self) -> float:
+        """Put every member's best weights back; returns their mean validation loss."""
+        self.rule.restore(self.stack.params)
+        return self.rule.best_loss.mean().item()
+
+
+VALIDATION_BATCH = 512  # examples per validation forward pass
+
+
+def _early_stopping(stack: StackedMembers, data: TaskData, train, steps: int) -> "_Watch | None":
+    if train.until != budget.CONVERGED:
+        return None
+    if "validation" not in data.extras:
+        raise ValueError('train.until="converged" needs a validation split: run the cell through '
+                         'raysweep.cell.run_cell, or call budget.hold_out_validation(data, train, seed) first')
+    return _Watch(stack, data, train, steps)
 
 
 def train_network(network: nn.Module, data: TaskData, train, seed: int, on_epoch,

@@ -26,7 +26,8 @@ def independent_minibatches(n: int, batch: int, epochs: int, seed: int, device):
 def potential(network: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str, n: int,
               prior_precision: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Minibatch estimate of U(θ) = -log p(D|θ) - log p(θ) + const for SG-MCMC, with a N(0, 1/α) prior:
-    U ≈ N · mean batch NLL + (α/2)‖θ‖². Returns (U, mean batch NLL)."""
+    U ≈ N · mean batch NLL + (α/2)‖θ‖², N the training set's scored units (training_units: tokens of a
+    sequence task, as the NLL is a mean over scored tokens). Returns (U, mean batch NLL)."""
     nll = mean_loss(network, x, y, kind)
     square_norm = sum((p ** 2).sum() for p in network.parameters())
     return n * nll + 0.5 * prior_precision * square_norm, nll
