@@ -20,10 +20,7 @@ import math
 import torch
 
 from raysweep.tasks.data import REGRESSION, TaskData
-from raysweep.training import optim
-from raysweep.training.budget import check_finite, epochs_for, steps_per_epoch
-from raysweep.training.likelihood import loss_per_member
-from raysweep.training.loop import augmenter
+from raysweep.training.loop import Objective, train_members
 from raysweep.training.stack import StackedMembers
 
 
@@ -49,32 +46,19 @@ def perturbed_targets(data: TaskData, members: int, generator: torch.Generator) 
 
 def train_anchored(stack: StackedMembers, data: TaskData, train, seed: int, on_epoch,
                    prior_precision: float) -> StackedMembers:
-    device = stack.device
+    """The shared loop (loop.train_members) with each member's own targets and anchor penalty
+    α/2N ‖θ_m − θ0_m‖² (the loss is a per-example mean), and a cosine decay of the step size to 0."""
     generator = torch.Generator().manual_seed(seed)
     anchors = anchor(stack, prior_precision, generator)
-    x, targets = data.train_x.to(device), perturbed_targets(data, stack.size, generator).to(device)
-    n, batch = len(x), min(train.batch_size, len(x))
-    steps, epochs = steps_per_epoch(train, n), epochs_for(train, n)
-    optimizer = optim.make("adam", list(stack.params.values()), train)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k / (steps * epochs), 1.0))))
-    rows = torch.arange(stack.size, device=device)[:, None]
-    augment = augmenter(data, seed)
-    for epoch in range(1, epochs + 1):
-        order = torch.stack([torch.randperm(n, generator=generator) for _ in range(stack.size)]).to(device)  # (M, N)
-        total = torch.zeros((), device=device)
-        for step in range(steps):
-            idx = order[:, step * batch:(step + 1) * batch]  # (M, b)
-            outputs = stack.forward(augment(x[idx]), shared_input=False, train=True)
-            nll = loss_per_member(outputs, targets[rows, idx], data.kind)  # (M,)
-            penalty = sum(((stack.params[k] - a) ** 2).flatten(1).sum(1) for k, a in anchors.items())  # (M,)
-            losses = nll + 0.5 * prior_precision * penalty / n
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
-            schedule.step()
-            total += nll.detach().mean()
-        epoch_loss = total.item() / steps
-        check_finite(epoch, epoch_loss)
-        on_epoch(epoch, epoch_loss)
-    return stack
+    n = len(data.train_x)
+
+    def penalty(params: dict[str, torch.Tensor]) -> torch.Tensor:  # (M,)
+        square = sum(((params[k] - a) ** 2).flatten(1).sum(1) for k, a in anchors.items())
+        return 0.5 * prior_precision * square / n
+
+    def cosine(optimizer, total_steps: int):
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k / total_steps, 1.0))))
+
+    objective = Objective(targets=perturbed_targets(data, stack.size, generator), penalty=penalty, schedule=cosine)
+    return train_members(stack, data, train, seed, on_epoch, objective=objective)

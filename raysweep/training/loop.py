@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -31,6 +32,17 @@ def augmenter(data: TaskData, seed: int) -> Callable[[torch.Tensor], torch.Tenso
     return lambda inputs: augment(inputs, generator)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What each member minimises besides the mean NLL of the data's targets (by default nothing):
+    randomize-then-optimize (training/anchored.py) gives every member its own targets and its own
+    prior penalty, and decays the step size to 0 so that each member ends at its optimum."""
+
+    targets: torch.Tensor | None = None  # (M, N) targets per member; None: data.train_y for every member
+    penalty: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None  # stacked params -> (M,) added loss
+    schedule: Callable[[torch.optim.Optimizer, int], object] | None = None  # (optimizer, total steps) -> LR scheduler
+
+
 def train_members(
     stack: StackedMembers,
     data: TaskData,
@@ -38,6 +50,7 @@ def train_members(
     seed: int,
     on_epoch: Callable[[int, float], None],
     optimizer: str | optim.Factory = "adam",
+    objective: Objective = Objective(),
 ) -> StackedMembers:
     """Minibatch training of every member at once with the optimizer a method chose (a name in
     training.optim.OPTIMIZERS, or a factory); reports the mean member loss after each epoch.
@@ -54,18 +67,25 @@ def train_members(
     augment = augmenter(data, seed)
     watch = _early_stopping(stack, data, train, steps)
     epochs, stop_reason = budget.max_epochs(train, n), budget.STOP_FIXED if watch is None else budget.STOP_CAP
+    member_targets = None if objective.targets is None else objective.targets.to(device)  # (M, N)
+    rows = torch.arange(stack.size, device=device)[:, None]  # (M, 1): member m reads its own targets
+    scheduler = objective.schedule(optimizer, steps * epochs) if objective.schedule else None
     for epoch in range(1, epochs + 1):
         # Every member sees the data in its own order.
         order = torch.stack([torch.randperm(n, generator=generator) for _ in range(stack.size)]).to(device)  # (M, N)
         total = torch.zeros((), device=device)  # summed where the losses are: no host sync per step
         for step in range(steps):
             idx = order[:, step * batch:(step + 1) * batch]  # (M, b)
+            targets = y[idx] if member_targets is None else member_targets[rows, idx]  # (M, b)
             with optim.sampling(optimizer):  # a variational optimizer (IVON) draws this pass's weights
                 outputs = stack.forward(augment(x[idx]), shared_input=False, train=True)
-                losses = loss_per_member(outputs, y[idx], data.kind, may_ignore)
+                losses = loss_per_member(outputs, targets, data.kind, may_ignore)  # (M,)
+                penalised = losses if objective.penalty is None else losses + objective.penalty(stack.params)
                 optimizer.zero_grad(set_to_none=True)
-                losses.sum().backward()  # members share no parameters, so each gets its own gradient
+                penalised.sum().backward()  # members share no parameters, so each gets its own gradient
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total += losses.detach().mean()
         epoch_loss = total.item() / steps
         check_finite(epoch, epoch_loss)
