@@ -32,7 +32,7 @@ def test_a_sweep_spreads_over_the_nodes_and_completes_the_store(root, tmp_path, 
     # Cells of a second or two each: long enough that both worker nodes get some.
     args = [str(root / "experiments" / "digits.py"), "--output", str(tmp_path / "runs"), "--address",
             cluster.address, "--storage", str(tmp_path / "shared"), "--smoke", "--set", "grid.methods=ensemble",
-            "--set", "grid.seeds=0,1,2", "--set", "train.epochs=400"]
+            "--set", "grid.seeds=0,1,2", "--set", "train.until=fixed", "--set", "train.epochs=400"]
     assert main(args) == 0
     table = store.load(store.results_dir(tmp_path / "runs", "digits"))
     assert table.column("cell_id").unique().to_pylist().__len__() == 6  # 2 N x 3 seeds
