@@ -177,3 +177,43 @@ def _shuffle_tokens(ids: torch.Tensor) -> torch.Tensor:
         length = int((row != PAD).sum())
         row[:length] = row[:length][torch.randperm(length, generator=generator)]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A synthetic corpus for offline smoke runs and tests (no dataset ships with Python or the venv)
+
+POSITIVE = ("good", "great", "fine", "lovely", "superb", "bright", "warm", "clever")
+NEGATIVE = ("bad", "awful", "poor", "dull", "weak", "grim", "cold", "clumsy")
+FILLER = ("the", "film", "was", "a", "plot", "and", "very", "story", "acting", "quite")
+OTHER_DOMAIN = ("def", "return", "import", "self", "lambda", "yield", "class", "None", "42", "0x1f")
+
+
+def write_synthetic_corpus(folder, rows: int = 400, seed: int = 0) -> tuple[str, str]:
+    """Write a two-class "review" corpus (train.csv: text, label) and an other-domain corpus
+    (other.csv: text, code-like words) into `folder`, once; returns the source strings
+    ("csv:<path>") of both. A label is the majority sentiment of its words, 1 word in 6 flipped,
+    so the classes overlap (aleatoric uncertainty is not zero)."""
+    import csv
+    import random
+    from pathlib import Path
+
+    folder = Path(folder).expanduser()
+    train, other = folder / "train.csv", folder / "other.csv"
+    if not (train.exists() and other.exists()):
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = random.Random(seed)
+        with open(train, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            for _ in range(rows):
+                label = rng.randrange(2)
+                words = [rng.choice(POSITIVE if (label == 1) != (rng.random() < 1 / 6) else NEGATIVE) for _ in range(3)]
+                words += rng.choices(FILLER, k=rng.randint(2, 5))
+                rng.shuffle(words)
+                writer.writerow([" ".join(words), label])
+        with open(other, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text"])
+            for _ in range(rows // 4):
+                writer.writerow([" ".join(rng.choices(OTHER_DOMAIN, k=rng.randint(4, 8)))])
+    return f"csv:{train}", f"csv:{other}"
