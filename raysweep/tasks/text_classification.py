@@ -127,6 +127,9 @@ def _parse(source: str) -> tuple[str, str | None, str | None] | None:
 
 
 def _split(source: str, split: str):
+    if _parse(source) is None:
+        raise ValueError(f"source {source!r} is not one of: 'hf:<dataset>[:<config>]', "
+                         f"{', '.join(repr(b + ':<glob>') for b in LOCAL_BUILDERS)}")
     path, config, data_files = _parse(source)
     return hub.load_split(path, config, split, data_files=data_files)
 
