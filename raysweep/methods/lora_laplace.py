@@ -43,7 +43,7 @@ class Options:
     prior_precision: float = 1.0  # α when prior="fixed"
     samples: int = 32
 
-    def smoke(self) -> "Options":
+    def smoke(self) -> Options:
         return replace(self, samples=min(self.samples, 4))
 
     def problems(self) -> str | None:
@@ -95,8 +95,9 @@ def diagonal_ggn(network, x: torch.Tensor, y: torch.Tensor, curvature: str, seed
         scored = (y[n] != IGNORE_INDEX).reshape(-1) if log_p.dim() == 2 else None
         if curvature == "ggn":
             if log_p.dim() != 1:
-                raise ValueError(f"methods.lora_laplace.curvature='ggn' needs one backward pass per class; the lm head has "
-                                 f"{log_p.shape[-1]} classes at each of {log_p.shape[0]} tokens: use curvature='mc'")
+                raise ValueError(f"methods.lora_laplace.curvature='ggn' needs one backward pass per class; the lm "
+                                 f"head has {log_p.shape[-1]} classes at each of {log_p.shape[0]} tokens: "
+                                 f"use curvature='mc'")
             probs = log_p.detach().exp()
             for c in range(len(log_p)):
                 grads = torch.autograd.grad(log_p[c], list(params.values()), retain_graph=True)
@@ -133,8 +134,8 @@ class LoRALaplace(Method):
         from raysweep.models.lora import LoRA
 
         if not isinstance(model, LoRA):
-            return (f"lora_laplace puts its Gaussian on LoRA adapters: it needs model 'lora' (raysweep.models.lora.LoRA), "
-                    f"got {type(model).__name__}; use method 'laplace' for other models")
+            return (f"lora_laplace puts its Gaussian on LoRA adapters: it needs model 'lora' "
+                    f"(raysweep.models.lora.LoRA), got {type(model).__name__}; use method 'laplace' for other models")
         return None
 
     def fit(self, data, model, options: Options, train, seed: int, on_epoch, device="cpu") -> Posterior:

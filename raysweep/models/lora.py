@@ -74,7 +74,7 @@ class LoRA(Model):
                     f"(head 'classification' takes text_classification, head 'lm' takes text)")
         return None
 
-    def build(self, input_dim: int, output_dim: int, dropout: float = 0.0) -> "LoRANetwork":
+    def build(self, input_dim: int, output_dim: int, dropout: float = 0.0) -> LoRANetwork:
         """input_dim: tokens per input; output_dim: classes (classification) or vocabulary (lm)."""
         import peft
 
