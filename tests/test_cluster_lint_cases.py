@@ -3,10 +3,9 @@ import re
 
 import pytest
 import yaml
+from test_clusters import ROOT, load, problems_of
 
 from raysweep import clusters
-
-from test_clusters import ROOT, load, problems_of
 
 
 def gcp_with_rule(**rule):

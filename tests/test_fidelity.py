@@ -8,7 +8,7 @@ import torch
 
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
-from raysweep.methods import METHODS, csgld, ensemble, laplace, sghmc, vi
+from raysweep.methods import METHODS, ensemble, laplace, vi
 from raysweep.models.linear import Linear
 from raysweep.tasks.data import REGRESSION, TaskData
 from raysweep.tasks.regression import LinearRegression

@@ -4,10 +4,9 @@ import subprocess
 import sys
 
 import pandas as pd
+from test_report import write_store
 
 from raysweep import fit
-
-from test_report import write_store
 
 
 def test_cli_refits_a_run_and_prints_the_exponent_table(tmp_path, capsys):

@@ -3,13 +3,12 @@
 import pandas as pd
 import pytest
 import torch
+from conftest import EXPERIMENTS
 
 from raysweep import experiment as E
 from raysweep import store
 from raysweep.cell import run_cell
 from raysweep.launch import auto_cells_per_trial, chunk_cells, chunk_label, main, parse_args, wants_dashboard
-
-from conftest import EXPERIMENTS
 
 pytestmark = pytest.mark.slow
 

@@ -55,6 +55,7 @@ HAND_COUNTS = {
     "sghmc": (1, 2, 16),  # training (burn-in), then as many sampler steps
     "csgld": (1, 2, 16),  # cycles=4 x samples_per_cycle=4
     "ivon": (1, 1, 32),
+    "lora_laplace": (1, 1, 32),  # samples=32 (P counted on the MLP here: the plan does not run fit)
 }
 
 

@@ -10,8 +10,8 @@ import torch
 from raysweep import experiment as E
 from raysweep import quality, store
 from raysweep.cell import run_cell
-from raysweep.methods import ensemble, exact, laplace
 from raysweep.methods import dropout as dropout_method
+from raysweep.methods import ensemble, exact, laplace
 from raysweep.tasks.regression import LinearRegression
 
 

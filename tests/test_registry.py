@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -16,6 +17,7 @@ from raysweep.tasks.base import Task
 from raysweep.tasks.data import CLASSIFICATION, IGNORE_INDEX, REGRESSION
 from raysweep.tasks.regression import LinearRegression
 from raysweep.tasks.text import Text
+from raysweep.tasks.text_classification import TextClassification, write_synthetic_corpus
 from raysweep.tasks.vision import Digits
 
 TOY_METHOD = '''
@@ -100,12 +102,15 @@ def test_a_new_method_is_one_file_plus_its_registry_line(tmp_path, root):
     assert out["eval_flops"] == 2 * out["params"] * 1000 * 4  # --plan read S from the method
 
 
+# A tiny local corpus, so the file-based text_classification task keeps the contract here too.
+CORPUS, OTHER_DOMAIN = write_synthetic_corpus(tempfile.mkdtemp(prefix="raysweep-text-classification-"), rows=60)
 # One small configuration per registered task. A task added to TASKS without a row here fails below.
 TASK_EXAMPLES = {
     "regression": (LinearRegression(dim=4, n_test=30), 50),
     "digits": (Digits(), 50),
     "text": (Text(context=16), 16 * 5),
     "algorithmic": (ModularArithmetic(modulus=13, n_test=20), 40),
+    "text_classification": (TextClassification(source=CORPUS, ood_source=OTHER_DOMAIN, max_length=32), 30),
 }
 HUB_TASKS = {"vision"}  # its data is on the HF hub: covered by tests/test_vision.py on local files
 

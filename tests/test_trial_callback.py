@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 
 from raysweep import cell as cell_module
-from raysweep import store, trial as trial_module
+from raysweep import store
+from raysweep import trial as trial_module
 from raysweep.trial import StoreCallback
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field, replace
 
-from raysweep.methods import csgld, dropout, ensemble, exact, ivon, laplace, sghmc, swag, vi
+from raysweep.methods import csgld, dropout, ensemble, exact, ivon, laplace, lora_laplace, sghmc, swag, vi
 from raysweep.methods.base import Method, NoOptions
 
 REGISTRY: tuple[Method, ...] = (
@@ -26,6 +26,7 @@ REGISTRY: tuple[Method, ...] = (
     sghmc.SGHMC(),
     csgld.CSGLD(),
     ivon.IVON(),
+    lora_laplace.LoRALaplace(),
 )
 
 METHODS: dict[str, Method] = {method.name: method for method in REGISTRY}

@@ -83,6 +83,10 @@ class Ensemble(Method):
             from raysweep.training import deepspeed_members
 
             return deepspeed_members.fit(data, model, options, train, seed, on_epoch, device)
+        if not model.stackable:  # e.g. LoRA: M adapters trained one after another on one frozen base
+            from raysweep.training import adapters
+
+            return adapters.fit_members(data, model, options.members, train, seed, on_epoch, device)
         torch.manual_seed(seed)
         members = [model.build(data.input_dim, data.output_dim).to(device) for _ in range(options.members)]
         if options.prior == "anchored":

@@ -7,6 +7,7 @@ import torch
 from raysweep.models.cnn import CNN
 from raysweep.models.gpt import GPT
 from raysweep.models.linear import Linear
+from raysweep.models.lora import LoRA
 from raysweep.models.mlp import MLP
 from raysweep.models.resnet import ResNet, WideResNet
 from raysweep.models.vit import ViT
@@ -19,11 +20,13 @@ MODELS = {
     "wrn": WideResNet,
     "vit": ViT,
     "linear": Linear,
+    "lora": LoRA,
 }
 
 
 def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """Trainable parameters: a frozen pretrained base (LoRA) is not part of P."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def parameter_count(model, input_dim: int, output_dim: int) -> int:

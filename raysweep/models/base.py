@@ -12,6 +12,10 @@ from typing import ClassVar
 class Model:
     size_knob: ClassVar[str]  # the integer field the grid's `sizes` axis sets (e.g. "width")
     takes_images: ClassVar[bool] = False  # inputs are (N, C, H, W) images, not flat vectors or tokens
+    # False: ensemble members are not stacked copies; the network build() returns trains one member after
+    # another on its trainable parameters, re-drawn by `network.reset_trainable(seed)` (LoRA adapters on
+    # one frozen base: raysweep.training.adapters).
+    stackable: ClassVar[bool] = True
 
     def build(self, input_dim: int, output_dim: int, dropout: float = 0.0):
         """A freshly initialised torch.nn.Module mapping inputs to `output_dim` outputs; dropout > 0

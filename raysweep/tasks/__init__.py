@@ -7,6 +7,7 @@ A task is a frozen config dataclass with `load(n, seed, ood, max_eval) -> TaskDa
 from raysweep.tasks.algorithmic import ModularArithmetic
 from raysweep.tasks.regression import LinearRegression
 from raysweep.tasks.text import Text
+from raysweep.tasks.text_classification import TextClassification
 from raysweep.tasks.vision import Digits, Vision
 
 TASKS = {
@@ -15,4 +16,5 @@ TASKS = {
     "vision": Vision,
     "text": Text,
     "algorithmic": ModularArithmetic,
+    "text_classification": TextClassification,
 }
