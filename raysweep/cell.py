@@ -42,7 +42,8 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
     data = task.load(cell["n"], cell["seed"], cell["ood"], cell["eval"]["max_examples"])
     model = _model(cell)
     params = parameter_count(model, data.input_dim, data.output_dim) if model else data.input_dim
-    base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params}
+    n_unit = "tokens" if getattr(task, "counts_tokens", False) else "examples"  # the report labels N by it
+    base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params, "n_unit": n_unit}
 
     def on_epoch(epoch: int, loss: float) -> None:
         report([base | {"kind": "epoch", "split": "train", "epoch": epoch, "loss": loss,
