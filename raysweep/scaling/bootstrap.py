@@ -107,6 +107,9 @@ def _keep(out: LawFit, boot: np.ndarray, scheme: str) -> None:
         with np.errstate(all="ignore"):
             boot = np.where(logs, np.exp(moved), moved)
         boot = boot[np.all(np.isfinite(boot), axis=1)]
+    if not len(boot):  # every refit overflowed: no interval rather than a made-up one
+        out.flags.append("bootstrap failed: no finite refit")
+        return
     out.boot = np.clip(boot, low, high)
     tail = 100 * (1 - out.level) / 2
     lower, upper = np.percentile(out.boot, [tail, 100 - tail], axis=0)
