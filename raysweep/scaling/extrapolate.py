@@ -5,7 +5,8 @@ Prediction band for the mean of m new seeds at x, in logs:
 Var_boot is the spread of the law over the cluster-bootstrap refits, s the residual sd of the log
 fit (seed scatter plus any lack of fit), G the number of distinct x and k the law's parameters:
 the law is in effect fitted to G curve means, so t has G - k degrees of freedom, not n - k
-(the seeds at one x are not independent evidence about the law's shape).
+(the seeds at one x are not independent evidence about the law's shape). With G = k (a power law
+through two model sizes) nothing measures the misfit, and there is no prediction band.
 
 Anything beyond BEYOND_FACTOR times the largest x in the data is "beyond the data": computed,
 kept in fits.csv, but reported as such rather than as a number (N* of 4e101 means nothing).
@@ -36,6 +37,8 @@ def band(fit: LawFit, *xs, kind: str = "confidence", m: int = 1):
     if kind == "confidence":
         lower, upper = np.nanpercentile(logs, [100 * tail, 100 * (1 - tail)], axis=0)
         return np.exp(lower), np.exp(upper)
+    if fit.n_distinct - fit.k < 1:  # a law through as many means as parameters: no measure of its misfit
+        return None
     centre = np.log(fit.predict(*(np.atleast_1d(np.asarray(x, dtype=float)) for x in xs)))
     spread = np.sqrt(np.nanvar(logs, axis=0) + fit.residual_sd ** 2 / m)
     t = special.stdtrit(max(fit.n_distinct - fit.k, 1), 1 - tail)
