@@ -115,7 +115,7 @@ def checklist(fits: pd.DataFrame, ok: pd.DataFrame, n_boot: int, holdout: bool, 
         return []
     laws = sorted(set(fits["law"]), key=list(scaling.LAWS).index)
     forms = "; ".join(f"{name}: {scaling.LAWS[name].formula}" for name in laws)
-    bounds = "; ".join(f"{name}: " + ", ".join(f"{p} in [{lo:g}, {hi:g}]" for p, (lo, hi) in _bounds(name).items())
+    bounds = "; ".join(f"{name}: " + ", ".join(_bound_text(p, lo, hi) for p, (lo, hi) in _bounds(name).items())
                        for name in laws)
     curves = fits.drop_duplicates(CURVE_ID)
     seeds = sorted(ok["seed"].dropna().unique())
@@ -125,6 +125,7 @@ def checklist(fits: pd.DataFrame, ok: pd.DataFrame, n_boot: int, holdout: bool, 
             "- Loss: least squares on log y over every seed's point (unweighted); log y because the quantities "
             "are positive, span decades and their seed noise is multiplicative.",
             f"- Optimizer: lmfit.Model.fit (MINPACK Levenberg-Marquardt, `leastsq`) with bounds {bounds}; "
+            "lmfit starts where a vectorised Levenberg-Marquardt from the start values below found the minimum; "
             "bootstrap refits by a vectorised Levenberg-Marquardt on the same loss, started at the point estimate "
             "(tested against scipy.optimize.least_squares).",
             "- Start values: the log-log least-squares line (power); a floor of a quarter of the smallest y, "
@@ -142,11 +143,15 @@ def checklist(fits: pd.DataFrame, ok: pd.DataFrame, n_boot: int, holdout: bool, 
             + (f"; differential entropies {', '.join(shown)} are shown, not log-fitted" if shown else "") + ".", ""]
 
 
+def _bound_text(p: str, low: float, high: float) -> str:
+    if p == "x0":  # data-dependent
+        return "x0 in [-0.9 min x, 10 max x]"
+    return f"{p} in [{low:g}, {high:g}]"
+
+
 def _bounds(name: str) -> dict:
     sample = [np.array([1.0, 10.0])] * len(scaling.LAWS[name].independent)
     bounds = scaling.LAWS[name].bounds(*sample)
-    if "x0" in bounds:
-        return bounds | {"x0": (-0.9, 10)}  # data-dependent: shown as multiples of min x and max x
     return bounds
 
 

@@ -10,7 +10,8 @@ MARGIN = 2.0  # Burnham & Anderson: a difference under 2 is no substantial suppo
 
 RULE_AICC = (f"lowest AICc (AIC + 2k(k+1)/(n-k-1)); a law with more parameters must lower it by more "
              f"than {MARGIN:g} to replace a simpler one")
-RULE_HOLDOUT = ("smallest |relative error| predicting the held-out largest N from a refit on the rest; "
+RULE_HOLDOUT = ("smallest |relative error| predicting the held-out largest N (largest P for curves against P) "
+                "from a refit on the rest; "
                 "AICc where no holdout could be made")
 
 
