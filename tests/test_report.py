@@ -77,12 +77,17 @@ def test_report_opens_with_the_summary_and_names_what_was_left_out(written):
         assert item in text
 
 
-def test_n_star_beyond_the_data_and_already_reached_are_words_not_numbers(written):
+def test_n_star_beyond_the_data_and_uninformative_bands_are_words_not_numbers(written):
     fits = pd.read_parquet(written / "fits.parquet")
     flat = fits[(fits.axis == "n") & fits.chosen & (fits.method == "flat") & (fits.metric == "epistemic")]
     assert (flat["trend"] == "flat").all() and flat["x_star_note"].str.startswith("never").all()
-    text = (written / "report.md").read_text()
-    assert "e+1" not in text.split("## Appendix")[1].split("### Unfit")[0].split("### Cells")[0] or "beyond the data" in text
+    from raysweep.report import writing
+    row = {"x_star": 5e3, "x_star_lo": 3e3, "x_star_hi": 4.45e101, "x_star_note": "", "x_10x": 2e4}
+    assert writing._needed(row) == "5e+03 [3e+03, beyond the data]"
+    assert writing._needed(row | {"x_star_note": "already reached"}) == "already reached"
+    wide = {"y_10x": 0.003, "y_10x_lo": 2.75e-17, "y_10x_hi": 3.97e11}
+    assert "uninformative" in writing._prediction_at_10x(wide)
+    assert writing._prediction_at_10x(wide | {"y_10x_lo": 0.002, "y_10x_hi": 0.004}) == "0.003 [0.002, 0.004]"
 
 
 def test_outputs_are_written_and_readable(written):

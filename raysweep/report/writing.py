@@ -168,9 +168,31 @@ def appendix(fits: pd.DataFrame, fitted, table: pd.DataFrame, target_eu: float |
     for r in chosen:
         lines.append(f"| {r['method']} | {_size(r)} | {r['split']} | {r['metric']} | {r['law']} | "
                      f"{tables.format_interval(r, 'gamma')} | {r['exponent_name']} = {tables.format_interval(r, 'exponent')} | "
-                     f"{tables.format_interval(r, 'y_10x')} | {r['trend']} | {r['flags']} |")
+                     f"{_prediction_at_10x(r)} | {r['trend']} | {r['flags']} |")
     lines += [""] + _x_star(chosen, target_eu) + _unfit(fits) + _left_out(table) + _dropped(fitted)
     return lines
+
+
+UNINFORMATIVE = 1e3  # a band whose ends differ by more than this factor says nothing a number would
+
+
+def _prediction_at_10x(r) -> str:
+    low, high = r.get("y_10x_lo"), r.get("y_10x_hi")
+    if low is not None and not pd.isna(low) and (low <= 0 or high / low > UNINFORMATIVE):
+        return f"{r['y_10x']:.3g} [band wider than {UNINFORMATIVE:g}x: uninformative]"
+    return tables.format_interval(r, "y_10x")
+
+
+def _needed(r) -> str:
+    """N* and its interval, with any end past BEYOND_FACTOR x the largest N run in words."""
+    if r["x_star_note"]:
+        return r["x_star_note"]
+    limit = r["x_10x"]  # = BEYOND_FACTOR x the largest N run
+    high = r.get("x_star_hi")
+    upper = "" if high is None or pd.isna(high) else (f"{high:.3g}" if high <= limit else "beyond the data")
+    low = r.get("x_star_lo")
+    lower = "" if low is None or pd.isna(low) else f"{low:.3g}"
+    return f"{r['x_star']:.3g} [{lower}, {upper}]" if upper else f"{r['x_star']:.3g}"
 
 
 def _x_star(chosen, target_eu) -> list[str]:
@@ -180,8 +202,7 @@ def _x_star(chosen, target_eu) -> list[str]:
     lines = [f"### N needed for epistemic uncertainty ≤ {target_eu:g} nats", "",
              "| method | size | split | largest N run | N needed [CI] |", "|---|---|---|---|---|"]
     for r in rows:
-        note = r["x_star_note"]
-        needed = note if note else tables.format_interval(r, "x_star")
+        needed = _needed(r)
         lines.append(f"| {r['method']} | {_size(r)} | {r['split']} | {r['x_10x'] / scaling.BEYOND_FACTOR:.4g} | {needed} |")
     return lines + [""]
 
