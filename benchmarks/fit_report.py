@@ -4,7 +4,8 @@
 
 Store: 2 methods x 5 N x 4 model sizes x 5 seeds = 200 cells, each with an ID ('test') and an OOD
 ('shifted') split and 5 fitted metrics: 80 curves against N, 100 against P, 20 joint = 200 curves.
-Each repeat fits from scratch (report.write: every law, AIC choice, bootstrap, holdout refits,
+Each repeat fits from scratch (report.write: every law through lmfit.Model, AICc or holdout choice,
+cluster bootstrap of the chosen law and of the power law, holdout refits of every law,
 N*, plots, markdown, Parquet/JSON). Results are written down in benchmarks/RESULTS-fit.md.
 """
 
@@ -69,6 +70,7 @@ def main() -> None:
         results = Path(tmp) / "bench" / "results"
         cells = synthetic_store(results)
         times, cpu = [], []
+        load_before = f"{os.getloadavg()[0]:.2f}"
         for _ in range(args.repeats):
             started, started_cpu = time.perf_counter(), cpu_seconds()
             report.write(results, Path(tmp) / "bench" / "report", n_boot=args.boot, holdout=not args.no_holdout,
@@ -76,11 +78,11 @@ def main() -> None:
             times.append(time.perf_counter() - started)
             cpu.append(cpu_seconds() - started_cpu)
         fits = __import__("pandas").read_parquet(Path(tmp) / "bench" / "report" / "fits.parquet")
-    curves = fits[fits["chosen"] | ~fits.groupby(report.CURVE_ID)["chosen"].transform("any")].shape[0] \
-        if hasattr(report, "CURVE_ID") else fits.drop_duplicates(["method", "split", "metric", "axis", "size", "at_n"]).shape[0]
+    curves = fits.drop_duplicates(report.CURVE_ID).shape[0]
     print(f"{cells} cells, {curves} curves, {args.boot} resamples, holdout={not args.no_holdout}")
     print(f"seconds: min {min(times):.2f}  median {statistics.median(times):.2f}  max {max(times):.2f} "
-          f"over {args.repeats} repeats; CPU s: min {min(cpu):.2f} median {statistics.median(cpu):.2f} max {max(cpu):.2f}; {platform.processor() or platform.machine()}, {platform.python_version()}")
+          f"over {args.repeats} repeats; CPU s: min {min(cpu):.2f} median {statistics.median(cpu):.2f} max {max(cpu):.2f}; {platform.processor() or platform.machine()}, {platform.python_version()}; "
+          f"load average {load_before} -> {os.getloadavg()[0]:.2f} (a shared machine: write it next to the numbers)")
 
 
 if __name__ == "__main__":

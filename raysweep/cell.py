@@ -52,8 +52,10 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
     params = parameter_count(model, data.input_dim, data.output_dim) if model else data.input_dim
     method = METHODS[cell["method"]]
     options = MethodOptions().options_of(cell["method"], cell["method_options"])
+    n_unit = "tokens" if task.counts_tokens else "examples"  # the report labels N by it
     # S in the open: plug-in EU from S draws is biased by about (S-1)/S
-    base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params, "samples": method.samples(options)}
+    base = {"cell_id": cell["cell_id"], "attempt": attempt, "params": params, "n_unit": n_unit,
+            "samples": method.samples(options)}
 
     def on_epoch(epoch: int, loss: float) -> None:
         report([base | {"kind": "epoch", "split": "train", "epoch": epoch, "loss": loss,

@@ -3,7 +3,9 @@
     python -m raysweep.fit RUN_DIR [--holdout] [--target-eu EPS] [--boot R] [--seed S] [--workers W]
 
 RUN_DIR is a run's folder (OUTPUT/<experiment>, holding results/) or the results folder itself.
-The report goes to RUN_DIR/report/: report.md, fits.parquet, fits.json, fits.csv and PNG plots.
+The report goes to RUN_DIR/report/: report.md (summary first), fits.csv/.parquet/.json, settings.json, PNG
+plots. With --holdout every law is refitted without the largest N (and P), the law is chosen by that
+prediction error instead of AICc, and the holdout coverage of the prediction bands is reported.
 `python -m raysweep.launch` does the same at the end of every sweep.
 """
 

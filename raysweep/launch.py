@@ -154,11 +154,11 @@ def _launch(experiment, root: Path, results: Path, args) -> int:
         run_sweep(experiment, todo, len(grid), len(grid) - len(todo), root, args)
     else:
         print("[raysweep] nothing to run: every cell is already in the store")
-    # A quick report after the sweep (200 bootstrap resamples per curve); `python -m raysweep.fit`
-    # refits from the store with 1,000 and the holdout check.
+    # The report after the sweep: the same settings as `python -m raysweep.fit` (one report per store);
+    # `python -m raysweep.fit --holdout` adds the holdout check.
     from raysweep import report  # here: lmfit and matplotlib cost --plan and bad-input errors ~1.5 s
 
-    path = report.write(results, root / "report", title=f"raysweep report: {experiment.name}", n_boot=QUICK_BOOT)
+    path = report.write(results, root / "report", title=f"raysweep report: {experiment.name}")  # as raysweep.fit
     print(f"[raysweep] report: {path}")
     return 0
 

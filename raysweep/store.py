@@ -44,6 +44,7 @@ SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("params", pa.int64()),
         ("n", pa.int64()),
+        ("n_unit", pa.string()),  # what N counts: "examples" or "tokens" (absent in old stores: examples)
         ("method", pa.string()),
         ("seed", pa.int64()),
         ("split", pa.string()),

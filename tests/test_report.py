@@ -9,7 +9,7 @@ import pytest
 from raysweep import report, store
 
 
-def write_store(directory, with_bad_values=False):
+def write_store(directory, with_bad_values=False, statuses=False):
     """EU = 0.002 + 3 N^-0.8 + 4 P^-0.5 with 3% seed noise; 'flat' method: EU does not shrink."""
     rng = np.random.default_rng(0)
     for method in ("ensemble", "flat"):
@@ -28,117 +28,112 @@ def write_store(directory, with_bad_values=False):
                                      "size_knob": "width", "size": width, "params": params, "n": n, "method": method,
                                      "seed": seed, "split": split, "kind": "final", "status": "ok", "epistemic": eu,
                                      "total": 0.3 + eu})  # two metrics keep the test quick
+                    if statuses and (method, n, width, seed) == ("ensemble", 2000, 16, 0):
+                        rows = [rows[0] | {"split": None, "status": "degenerate", "error": "constant predictions"}]
                     store.write_cell(directory, rows)
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
-    write_store(root / "results", with_bad_values=True)
-    report.write(root / "results", root / "report", n_boot=200, holdout=True, target_eu=0.01)
+    write_store(root / "results", with_bad_values=True, statuses=True)
+    report.write(root / "results", root / "report", n_boot=100, holdout=True, target_eu=0.01, plots=True)
     return root / "report"
 
 
-def test_every_curve_kind_is_fitted_with_its_laws(written):
+def test_every_curve_kind_is_fitted_with_its_laws_and_one_choice(written):
     fits = pd.read_parquet(written / "fits.parquet")
     assert set(fits["axis"]) == {"n", "params", "joint"}
-    curves = fits.groupby(["method", "split", "metric", "axis", "size", "at_n"], dropna=False)
-    assert (curves["chosen"].sum() == 1).all()  # exactly one chosen law per curve
-    # 2 methods x 2 splits x 2 metrics x (3 sizes + 4 N + 1 joint)
-    assert curves.ngroups == 2 * 2 * 2 * 8
+    curves = fits.groupby(report.CURVE_ID, dropna=False)
+    assert (curves["chosen"].sum() == 1).all() and (curves["chosen_aicc"].sum() == 1).all()
     assert set(fits["law"]) == {"power", "saturating", "offset", "joint"}
 
 
-def test_joint_law_recovers_the_exponents(written):
+def test_gamma_is_the_power_law_exponent_on_every_row_whatever_law_is_chosen(written):
     fits = pd.read_parquet(written / "fits.parquet")
-    joint = fits[(fits.axis == "joint") & (fits.method == "ensemble") & (fits.split == "test") & (fits.metric == "epistemic")].iloc[0]
-    assert joint["alpha_lo"] <= 0.8 <= joint["alpha_hi"] and abs(joint["alpha"] - 0.8) < 0.15
-    assert abs(joint["beta"] - 0.5) < 0.15
+    curves = fits[fits.axis == "n"]
+    power = curves[curves.law == "power"].set_index(report.CURVE_ID)["b"]
+    assert np.allclose(curves.set_index(report.CURVE_ID)["gamma"], power.reindex(curves.set_index(report.CURVE_ID).index))
+    chosen = curves[curves.chosen & curves.ok]
+    assert (chosen["gamma_lo"] <= chosen["gamma"]).all() and (chosen["gamma"] <= chosen["gamma_hi"]).all()
 
 
-def test_n_star_extrapolation_and_holdout_are_reported(written):
+def test_no_reported_interval_leaves_its_bounds(written):
     fits = pd.read_parquet(written / "fits.parquet")
-    row = fits[(fits.axis == "n") & fits.chosen & (fits.method == "ensemble") & (fits.split == "test")
-               & (fits.metric == "epistemic") & (fits["size"] == 256)].iloc[0]
-    assert row["x_10x"] == 20000 and row["y_10x_lo"] <= row["y_10x"] <= row["y_10x_hi"]
-    assert row["x_star"] > 0 and row["holdout_n_x"] == 2000 and not pd.isna(row["holdout_n_rel_error"])
-    flat = fits[(fits.axis == "n") & fits.chosen & (fits.method == "flat") & (fits.metric == "epistemic")]
-    assert (flat["trend"] == "flat").all()
-    assert np.isinf(flat[flat.split == "shifted"]["x_star"]).all()  # 0.1 nats, flat, never reaches 0.01
+    for p, (low, high) in {"b": (-10, 10), "c": (0, np.inf), "alpha": (0, 10), "beta": (0, 10), "E": (0, np.inf)}.items():
+        rows = fits[fits[f"{p}_lo"].notna()] if f"{p}_lo" in fits else fits.iloc[:0]
+        assert ((rows[f"{p}_lo"] >= low) & (rows[f"{p}_hi"] <= high)).all(), p
 
 
-def test_markdown_states_dropped_values_unfit_curves_and_findings(written):
+def test_report_opens_with_the_summary_and_names_what_was_left_out(written):
     text = (written / "report.md").read_text()
-    assert "### Dropped values" in text and "| ensemble | size 16 | test | epistemic | 1 | 11 |" in text
-    assert "| flat |" in text and "flat" in text
-    assert "How much more until epistemic uncertainty ≤ 0.01 nats" in text
-    assert "Extrapolation check: refit without the largest N" in text and "without the largest P" in text
-    assert "![epistemic_vs_n](epistemic_vs_n.png)" in text
+    assert text.index("## Summary") < text.index("![") < text.index("## Fitting checklist") < text.index("## Appendix")
+    summary = text[text.index("## Summary"):text.index("![")]
+    assert "| ensemble | test |" in summary and "γ_EU" in summary and "Holdout coverage, largest N:" in summary
+    assert "1 degenerate (constant predictions)" in summary
+    assert "| ensemble2000160 | ensemble | 2000 | 0 | degenerate | constant predictions |" in text
+    assert "### Values left out of the log fits" in text and "| ensemble250160 | ensemble | test | epistemic | nan |" in text
+    for item in ("Law forms:", "Loss:", "Optimizer:", "Start values:", "Points per curve:", "Intervals:", "Selection rule:"):
+        assert item in text
 
 
-def test_a_curve_with_too_few_points_is_unfit_in_the_report(tmp_path):
-    write_store(tmp_path / "results")
-    table = store.load(tmp_path / "results").to_pandas()
-    table = table[table["n"] <= 500]  # two N: 6 points per curve, 2 distinct x
-    fits, _ = report.fit_all(table, n_boot=50)
-    unfit = fits[(fits.axis == "n") & (fits.law == "saturating")]
-    assert (~unfit["ok"]).all() and (unfit["message"] == "need at least 3 distinct x values, got 2").all()
+def test_n_star_beyond_the_data_and_uninformative_bands_are_words_not_numbers(written):
+    fits = pd.read_parquet(written / "fits.parquet")
+    flat = fits[(fits.axis == "n") & fits.chosen & (fits.method == "flat") & (fits.metric == "epistemic")]
+    assert (flat["trend"] == "flat").all() and flat["x_star_note"].str.startswith("never").all()
+    from raysweep.report import writing
+    row = {"x_star": 5e3, "x_star_lo": 3e3, "x_star_hi": 4.45e101, "x_star_note": "", "x_10x": 2e4}
+    assert writing._needed(row) == "5e+03 [3e+03, beyond the data]"
+    assert writing._needed(row | {"x_star_note": "already reached"}) == "already reached"
+    wide = {"y_10x": 0.003, "y_10x_lo": 2.75e-17, "y_10x_hi": 3.97e11}
+    assert "uninformative" in writing._prediction_at_10x(wide)
+    assert writing._prediction_at_10x(wide | {"y_10x_lo": 0.002, "y_10x_hi": 0.004}) == "0.003 [0.002, 0.004]"
 
 
 def test_outputs_are_written_and_readable(written):
     assert json.loads((written / "fits.json").read_text())[0]["law"] == "power"
-    assert set(pd.read_csv(written / "fits.csv").columns) >= {"method", "split", "metric", "b", "points"}
+    assert set(pd.read_csv(written / "fits.csv").columns) >= {"method", "split", "metric", "b", "points", "gamma", "aicc"}
     for metric in ("epistemic", "total"):
-        for axis in ("n", "params"):
-            assert (written / f"{metric}_vs_{axis}.png").stat().st_size > 10_000
+        assert (written / f"{metric}_vs_n.png").stat().st_size > 10_000
+    assert json.loads((written / "settings.json").read_text())["n_boot"] == 100
 
 
-def test_terminal_table_is_compact_and_has_intervals(written):
-    text = report.table(pd.read_parquet(written / "fits.parquet"))
-    lines = text.splitlines()
-    assert len(lines) == 1 + 2 * 2 * 2 * 2  # header + (method x split x metric) x (largest size, joint)
-    assert any("alpha = " in line and "[" in line for line in lines)
+def test_the_same_settings_give_the_same_report_and_other_settings_say_they_replace_it(tmp_path):
+    write_store(tmp_path / "results")
+    table = store.load(tmp_path / "results").to_pandas()
+    one = report.write(tmp_path / "results", tmp_path / "report", n_boot=20, plots=False).read_text()
+    again = report.write(tmp_path / "results", tmp_path / "report", n_boot=20, plots=False).read_text()
+    assert one == again
+    other = report.write(tmp_path / "results", tmp_path / "report", n_boot=30, plots=False).read_text()
+    assert "replaces one written with other settings (n_boot 20 -> 30)" in other
+
+
+def test_regression_differential_entropies_are_shown_not_log_fitted(tmp_path):
+    rng = np.random.default_rng(0)
+    for n in (100, 200, 400, 800):
+        for seed in range(2):
+            eu = 2.0 / n * np.exp(rng.normal(0, 0.05))
+            store.write_cell(tmp_path / "results", [{
+                "cell_id": f"r{n}{seed}", "attempt": "0", "task": "regression", "method": "exact", "n": n, "seed": seed,
+                "split": "test", "kind": "final", "status": "ok", "epistemic": eu, "total": -0.3 + eu, "aleatoric": -0.3,
+                "total_var": 0.5 + eu, "aleatoric_var": 0.5, "epistemic_var": eu}])
+    path = report.write(tmp_path / "results", tmp_path / "report", n_boot=20)
+    fits = pd.read_parquet(tmp_path / "report" / "fits.parquet")
+    assert set(fits["metric"]) == {"epistemic", "total_var", "aleatoric_var", "epistemic_var"}
+    assert (fits[(fits.metric == "epistemic")]["dropped"] == 0).all()
+    assert "differential entropies total, aleatoric are shown, not log-fitted" in path.read_text()
+    assert (tmp_path / "report" / "total_vs_n.png").exists()
 
 
 def test_two_workers_give_the_same_fits_as_one(tmp_path):
     write_store(tmp_path / "results")
     table = store.load(tmp_path / "results").to_pandas()
-    one, _ = report.fit_all(table, n_boot=50, holdout=True, workers=1)
-    two, _ = report.fit_all(table, n_boot=50, holdout=True, workers=2)
-    pd.testing.assert_frame_equal(one, two)
+    one = report.fits_frame(report.fit_all(table, n_boot=30, workers=1), 0.01)
+    two = report.fits_frame(report.fit_all(table, n_boot=30, workers=2), 0.01)
+    pd.testing.assert_frame_equal(one, two, rtol=1e-6)
 
 
-def test_a_reused_canvas_draws_each_figure_as_a_fresh_one(tmp_path):
-    """The canvas is cleared between metrics; nothing of the previous figure may show."""
-    write_store(tmp_path / "results")
-    table = store.load(tmp_path / "results").to_pandas()
-    _, fitted = report.fit_all(table, n_boot=20)
-    jobs = report.figure_jobs(table, fitted)
-    (tmp_path / "reused").mkdir()
-    (tmp_path / "fresh").mkdir()
-    report._plot_part(jobs, tmp_path / "reused")
-    for job in jobs:
-        report._plot_part([job], tmp_path / "fresh")
-    for path in (tmp_path / "fresh").iterdir():
-        assert path.read_bytes() == (tmp_path / "reused" / path.name).read_bytes(), path.name
-
-
-def test_log_axes_are_labelled_with_plain_numbers():
-    fig, ax = report.plt.subplots()
-    ax.set(xscale="log", yscale="log", xlim=(300, 2e6), ylim=(0.28, 0.33))  # y spans under a decade
-    for side in (ax.xaxis, ax.yaxis):
-        side.set_major_formatter(report._PlainLog())
-        side.set_minor_formatter(report._PlainLog())
-    fig.canvas.draw()
-    x_labels = [t.get_text() for t in ax.get_xticklabels() if 300 <= t.get_position()[0] <= 2e6]
-    y_labels = [t.get_text() for t in ax.get_yticklabels(minor=True) if 0.28 <= t.get_position()[1] <= 0.33]
-    report.plt.close(fig)
-    assert x_labels == ["1k", "10k", "100k", "1M"]
-    assert y_labels == ["0.28", "0.29", "0.3", "0.31", "0.32", "0.33"]
-
-
-def test_n_is_labelled_in_tokens_for_language_tasks():
-    assert report.x_label("n", {"text"}) == "training tokens N"
-    assert report.x_label("n", {"digits", "regression"}) == "training examples N"
-    assert report.x_label("n", {"text", "digits"}) == "training examples or tokens N"
-    assert report.x_label("params", {"text"}) == "parameters P"
+def test_n_is_labelled_by_the_stores_unit():
+    assert report.x_label({"tokens"}) == "training tokens N"
+    assert report.x_label({"examples"}) == "training examples N"
+    assert report.x_label({"tokens", "examples"}) == "training examples or tokens N"
