@@ -123,16 +123,4 @@ def _figure(table: pd.DataFrame, splits: list[str], out_dir: Path) -> Path:
     return path
 
 
-def degenerate_section(rows) -> list[str]:
-    """Markdown listing of the cells the quality gate kept out of the fits (status "degenerate")."""
-    table = rows.to_pandas() if hasattr(rows, "to_pandas") else pd.DataFrame(rows)
-    bad = table[table["status"] == "degenerate"].drop_duplicates("cell_id")
-    if bad.empty:
-        return []
-    lines = ["## Degenerate cells (kept out of every fit)", "", "| cell | method | N | size | seed | why |",
-             "|---|---|---|---|---|---|"]
-    return lines + [f"| {r.cell_id} | {r.method} | {r.n} | {'' if pd.isna(r.size) else int(r.size)} | {r.seed} | {r.error} |"
-                    for r in bad.itertuples()] + [""]
-
-
-__all__ = ["TARGETS", "degenerate_section", "ratios", "section"]
+__all__ = ["TARGETS", "ratios", "section"]

@@ -137,3 +137,31 @@ def test_n_is_labelled_by_the_stores_unit():
     assert report.x_label({"tokens"}) == "training tokens N"
     assert report.x_label({"examples"}) == "training examples N"
     assert report.x_label({"tokens", "examples"}) == "training examples or tokens N"
+
+
+def test_configurations_are_never_pooled_and_sub_ensembles_stay_out_of_the_main_fits(tmp_path):
+    """Two learning rates merged into one store (launch --merge) and grid.members rows: the report fits
+    one curve per configuration, named by what differs, from the rows of all S members only."""
+    rng = np.random.default_rng(1)
+    results = tmp_path / "results"
+    for lr, scale in ((0.001, 1.0), (0.01, 3.0)):
+        config = {"method": "ensemble", "train": {"lr": lr, "epochs": 5}, "method_options": {"members": 4}}
+        variant = store.variant(config)
+        for n in (100, 200, 400, 800, 1600):
+            for seed in range(3):
+                base = {"cell_id": f"{lr}-{n}-{seed}", "attempt": "0", "task": "toy", "model": "mlp", "size": 8,
+                        "size_knob": "width", "params": 100, "n": n, "method": "ensemble", "seed": seed,
+                        "split": "test", "kind": "final", "status": "ok", "variant": variant,
+                        "config": json.dumps(config | {"n": n, "seed": seed})}
+                eu = scale * n ** -0.5 * np.exp(rng.normal(0, 0.02))
+                rows = [base | {"epistemic": eu, "total": 1 + eu},
+                        base | {"members": 2, "epistemic": eu / 100, "total": 1 + eu}]  # a sub-ensemble row
+                store.write_cell(results, rows)
+    report.write(results, tmp_path / "report", n_boot=50, plots=False)
+    fits = pd.read_parquet(tmp_path / "report" / "fits.parquet")
+    power = fits[(fits.axis == "n") & (fits.law == "power") & (fits.metric == "epistemic")]
+    assert sorted(power["method"]) == ["ensemble (train.lr=0.001)", "ensemble (train.lr=0.01)"]
+    # each curve has 5 N x 3 seeds of its own configuration: exponent 0.5, amplitudes 1 and 3
+    for method, amplitude in (("ensemble (train.lr=0.001)", 1.0), ("ensemble (train.lr=0.01)", 3.0)):
+        (row,) = power[power.method == method].itertuples()
+        assert row.b == pytest.approx(0.5, abs=0.03) and row.a == pytest.approx(amplitude, rel=0.15)

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raysweep import scaling, store
-from raysweep.report import plots as plotting, tables
+from raysweep import fidelity, scaling, store, variants
+from raysweep.report import plots as plotting
+from raysweep.report import tables
 from raysweep.report.curves import CURVE_ID, fit_all
 
 
@@ -25,7 +26,8 @@ def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep r
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"n_boot": n_boot, "seed": seed, "holdout": holdout, "target_eu": target_eu}
     replaced = _replaced(out_dir / "settings.json", settings)
-    table = store.load(results_dir).to_pandas()
+    raw = store.load(results_dir).to_pandas()
+    table = _configurations(raw)
     ok = table[table["status"] == "ok"]
     fitted = fit_all(ok, n_boot, seed, holdout, workers) if len(ok) else []
     fits = tables.fits_frame(fitted, target_eu)
@@ -42,12 +44,24 @@ def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep r
         lines.append(replaced)
     lines += [""] + summary_markdown(fits, ok, table, holdout)
     lines += [f"![{path.stem}]({path.name})" for path in figures] + [""]
+    if "exact" in set(ok["method"]) and len(set(ok["method"])) > 1:  # a ground truth to compare with
+        lines += fidelity.section(raw[raw["members"].isna()] if "members" in raw else raw, out_dir)
+        lines += ["![fidelity](fidelity.png)", ""] if (out_dir / "fidelity.png").exists() else []
     lines += checklist(fits, ok, n_boot, holdout, shown)
     lines += appendix(fits, fitted, table, target_eu)
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     (out_dir / "settings.json").write_text(json.dumps(settings, indent=1))
     return path
+
+
+def _configurations(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows the fits see: all S members/samples (sub-ensemble rows of grid.members are another
+    axis), and each method named by its configuration, so that cells differing in anything but N,
+    size and seed never share a curve (variants.labels)."""
+    if "members" in table:
+        table = table[table["members"].isna()]
+    return table.assign(method=variants.labels(table)) if len(table) else table
 
 
 def _replaced(path: Path, settings: dict) -> str:

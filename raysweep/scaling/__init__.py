@@ -11,10 +11,17 @@ No torch, no pyro: numpy, scipy and lmfit only.
 """
 
 from raysweep.scaling.bootstrap import bootstrap, bootstrap_many, resamples
-from raysweep.scaling.extrapolate import (BEYOND_FACTOR, Holdout, band, beyond, holdout, holdout_check,
-                                          holdout_refits, solve_for_x)
-from raysweep.scaling.laws import (CURVE_LAWS, LAWS, Law, joint_law, model, offset_law, power_law,
-                                   saturating_law)
+from raysweep.scaling.extrapolate import (
+                                          BEYOND_FACTOR,
+                                          Holdout,
+                                          band,
+                                          beyond,
+                                          holdout,
+                                          holdout_check,
+                                          holdout_refits,
+                                          solve_for_x,
+)
+from raysweep.scaling.laws import CURVE_LAWS, LAWS, Law, joint_law, model, offset_law, power_law, saturating_law
 from raysweep.scaling.pointfit import LawFit, aicc, fit, fit_joint, fit_many, trend, unfit
 from raysweep.scaling.selection import RULE_AICC, RULE_HOLDOUT, select, select_by_holdout
 from raysweep.scaling.solver import power_wls, refit_many

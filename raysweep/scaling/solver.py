@@ -9,7 +9,12 @@ np.linalg.solve.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: laws.py imports this module's solver
+    from raysweep.scaling.laws import Law
 
 
 def power_wls(x, Y, W, low, high) -> np.ndarray:
