@@ -23,9 +23,9 @@ import torch
 from raysweep import experiment as E
 from raysweep.cell import run_cell
 from raysweep.experiment import Train
+from raysweep.models.gpt import GPT
 from raysweep.training import deepspeed_members
 from raysweep.training.likelihood import loss_per_member
-from raysweep.models.gpt import GPT
 
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16 FLOP/s (SXM datasheets)
 VOCAB = 50257  # GPT-2's tokenizer

@@ -27,12 +27,12 @@ import time
 import torch
 
 from raysweep.experiment import Train
-from raysweep.training.loop import train_members
-from raysweep.training.optim import adam
-from raysweep.training.stack import StackedMembers
 from raysweep.models.cnn import CNN
 from raysweep.models.mlp import MLP
 from raysweep.tasks.vision import Digits
+from raysweep.training.loop import train_members
+from raysweep.training.optim import adam
+from raysweep.training.stack import StackedMembers
 
 M, EPOCHS = 8, 5
 TRAIN = Train(epochs=EPOCHS, batch_size=64, lr=2e-3)

@@ -42,8 +42,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from raysweep import store
-
 RAY_REFERENCE = {"trials": 10_000, "slots": 16, "work_s": 1.0, "wall_s": 715.0}
 
 

@@ -10,7 +10,7 @@ import random
 import time
 import traceback
 import uuid
-from typing import Callable, Collection
+from collections.abc import Callable, Collection
 
 import numpy as np
 import torch

@@ -96,7 +96,7 @@ class Experiment:
     methods: MethodOptions = field(default_factory=MethodOptions)
     resources: Resources = field(default_factory=Resources)
 
-    def validate(self, check_data: bool = True) -> "Experiment":
+    def validate(self, check_data: bool = True) -> Experiment:
         """Check everything; check_data=False skips what needs the dataset itself (N against its size),
         so --plan works on a machine that cannot reach a hub dataset."""
         _validate(self, check_data)

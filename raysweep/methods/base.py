@@ -23,8 +23,9 @@ needs (worker placement) are hooks too, so neither plan.py nor ray_train.py name
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 OnEpoch = Callable[[int, float], None]  # (epoch, mean training loss of that epoch)
 
@@ -35,7 +36,7 @@ OnEpoch = Callable[[int, float], None]  # (epoch, mean training loss of that epo
 class NoOptions:
     """The settings of a method that has none."""
 
-    def smoke(self) -> "NoOptions":
+    def smoke(self) -> NoOptions:
         return self
 
     def problems(self) -> str | None:

@@ -44,7 +44,7 @@ class Options:
     prior_precision: float = 1.0
     temperature: float = 1.0
 
-    def smoke(self) -> "Options":
+    def smoke(self) -> Options:
         return replace(self, cycles=min(self.cycles, 2), samples_per_cycle=min(self.samples_per_cycle, 2))
 
     def problems(self) -> str | None:

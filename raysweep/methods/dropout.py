@@ -24,7 +24,7 @@ class Options:
     rate: float = 0.1
     samples: int = 32
 
-    def smoke(self) -> "Options":
+    def smoke(self) -> Options:
         return replace(self, samples=min(self.samples, 4))
 
     def problems(self) -> str | None:

@@ -39,7 +39,7 @@ class Options:
     prior: str = "none"  # "anchored": randomize-then-optimize members (vmap engine only)
     prior_precision: float = 1.0  # α of the anchors' N(0, 1/α) prior (prior="anchored")
 
-    def smoke(self) -> "Options":
+    def smoke(self) -> Options:
         return replace(self, members=min(self.members, 2))
 
     def problems(self) -> str | None:

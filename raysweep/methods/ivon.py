@@ -35,7 +35,7 @@ class Options:
     prior_precision: float = 1.0  # α
     samples: int = 32
 
-    def smoke(self) -> "Options":
+    def smoke(self) -> Options:
         return replace(self, samples=min(self.samples, 4))
 
     def problems(self) -> str | None:

@@ -57,7 +57,7 @@ class Options:
     predictive: str = "sampling"
     samples: int = 32
 
-    def smoke(self) -> "Options":
+    def smoke(self) -> Options:
         return replace(self, samples=min(self.samples, 4))
 
     def problems(self) -> str | None:

@@ -42,7 +42,7 @@ class Options:
     temperature: float = 1.0
     samples: int = 16
 
-    def smoke(self) -> "Options":
+    def smoke(self) -> Options:
         return replace(self, samples=min(self.samples, 4))
 
     def problems(self) -> str | None:

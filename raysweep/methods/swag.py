@@ -42,7 +42,7 @@ class Options:
     samples: int = 32
     prior_precision: float = 1.0  # α of a N(0, 1/α) prior: weight decay α/N in the SGD phase
 
-    def smoke(self) -> "Options":
+    def smoke(self) -> Options:
         return replace(self, samples=min(self.samples, 4), snapshots=min(self.snapshots, 3), rank=min(self.rank, 2))
 
     def problems(self) -> str | None:

@@ -62,7 +62,7 @@ class Options:
     lr: float = 1e-2  # Adam on the guide's parameters, decayed to lr/10 over training
     samples: int = 32
 
-    def smoke(self) -> "Options":
+    def smoke(self) -> Options:
         return replace(self, samples=min(self.samples, 4))
 
     def problems(self) -> str | None:

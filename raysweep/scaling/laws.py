@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import lmfit
 import numpy as np
@@ -112,7 +112,7 @@ class Law:
         return self.function.__doc__.splitlines()[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parameters_of(function, skip: int) -> tuple[str, ...]:
     return tuple(inspect.signature(function).parameters)[skip:]
 
@@ -141,7 +141,7 @@ def _in_logs(function):
     return log_function
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model(name: str) -> lmfit.Model:
     """The lmfit Model of log f for the named law: every point fit goes through it."""
     law = LAWS[name]

@@ -29,7 +29,7 @@ from raysweep.training.likelihood import loss_per_member, to_prediction
 from raysweep.training.loop import augmenter
 
 
-def fit(data, model, options, train, seed: int, on_epoch, device) -> "Members":
+def fit(data, model, options, train, seed: int, on_epoch, device) -> Members:
     """Train options.members members with DeepSpeed; on_epoch gets the mean loss over members per epoch."""
     import deepspeed  # imported here: loading DeepSpeed costs seconds and most sweeps never need it
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -131,7 +131,7 @@ class _Watch:
 VALIDATION_BATCH = 512  # examples per validation forward pass
 
 
-def _early_stopping(stack: StackedMembers, data: TaskData, train, steps: int) -> "_Watch | None":
+def _early_stopping(stack: StackedMembers, data: TaskData, train, steps: int) -> _Watch | None:
     if train.until != budget.CONVERGED:
         return None
     if "validation" not in data.extras:

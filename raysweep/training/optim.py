@@ -11,7 +11,7 @@ so that M members trained as one stack stay M independent runs.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import ivon
 import torch

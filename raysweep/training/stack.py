@@ -26,7 +26,7 @@ class StackedMembers:
         self.hold(params, buffers, members[0], len(members))
 
     @classmethod
-    def of(cls, params: dict, buffers: dict, network: nn.Module) -> "StackedMembers":
+    def of(cls, params: dict, buffers: dict, network: nn.Module) -> StackedMembers:
         """Members given as already stacked (M, ...) parameters and buffers of `network`'s architecture."""
         members = cls.__new__(cls)
         members.hold(params, buffers, network, len(next(iter(params.values()))))
