@@ -138,8 +138,9 @@ def test_every_registered_task_keeps_the_task_contract(name):
     assert torch.equal(again.train_x, data.train_x)  # the seed alone decides the subset
 
 
-@pytest.mark.parametrize("module", ["raysweep.store", "raysweep.scaling", "raysweep.clusters"])
-def test_the_store_the_fitting_code_and_the_cluster_lint_import_neither_torch_nor_pyro(module):
+@pytest.mark.parametrize("module", ["raysweep.store", "raysweep.scaling", "raysweep.clusters", "raysweep.report",
+                                    "raysweep.fit", "raysweep.fidelity", "raysweep.variants"])
+def test_the_store_the_fitting_code_the_report_and_the_cluster_lint_import_neither_torch_nor_pyro(module):
     code = textwrap.dedent(f"""
         import sys
         import {module}
