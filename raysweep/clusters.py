@@ -415,7 +415,7 @@ def _check_aws(config: dict) -> list[str]:
                         "(IpPermissions) so they are linted and can be created")
     else:
         problems += lint_ingress(_aws_rules(ours.get("IpPermissions", [])), "metadata.raysweep.security_group")
-        for proto, lo, hi, sources in _aws_rules(ours.get("IpPermissions", [])):
+        for _proto, lo, hi, sources in _aws_rules(ours.get("IpPermissions", [])):
             if any(lo <= p <= hi for p in RAY_PORTS) and any(_network(s) is not None for s in sources):
                 problems.append("metadata.raysweep.security_group: Ray's ports must be reachable "
                                 "from the group itself only, not from a CIDR")

@@ -100,7 +100,6 @@ def test_outputs_are_written_and_readable(written):
 
 def test_the_same_settings_give_the_same_report_and_other_settings_say_they_replace_it(tmp_path):
     write_store(tmp_path / "results")
-    table = store.load(tmp_path / "results").to_pandas()
     one = report.write(tmp_path / "results", tmp_path / "report", n_boot=20, plots=False).read_text()
     again = report.write(tmp_path / "results", tmp_path / "report", n_boot=20, plots=False).read_text()
     assert one == again
