@@ -71,18 +71,18 @@ def throughput(name: str, n_embd: int, n_layer: int, batch: int, zero_stage: int
     tokens = torch.randint(0, VOCAB, (batch, context + 1), device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
-    def step():
+    def step(engine):
         loss = loss_per_member(engine(inputs).float().unsqueeze(0), targets.unsqueeze(0), "classification")[0]
         engine.backward(loss)
         engine.step()
         return loss
 
     for _ in range(warmup):
-        step()
+        step(engine)
     synchronize(device)
     started = time.time()
     for _ in range(steps):
-        loss = step()
+        loss = step(engine)
     synchronize(device)
     seconds = (time.time() - started) / steps
     tokens_per_s = batch * context / seconds

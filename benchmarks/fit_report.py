@@ -81,7 +81,8 @@ def main() -> None:
     curves = fits.drop_duplicates(report.CURVE_ID).shape[0]
     print(f"{cells} cells, {curves} curves, {args.boot} resamples, holdout={not args.no_holdout}")
     print(f"seconds: min {min(times):.2f}  median {statistics.median(times):.2f}  max {max(times):.2f} "
-          f"over {args.repeats} repeats; CPU s: min {min(cpu):.2f} median {statistics.median(cpu):.2f} max {max(cpu):.2f}; {platform.processor() or platform.machine()}, {platform.python_version()}; "
+          f"over {args.repeats} repeats; CPU s: min {min(cpu):.2f} median {statistics.median(cpu):.2f} "
+          f"max {max(cpu):.2f}; {platform.processor() or platform.machine()}, {platform.python_version()}; "
           f"load average {load_before} -> {os.getloadavg()[0]:.2f} (a shared machine: write it next to the numbers)")
 
 

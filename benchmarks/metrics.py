@@ -140,14 +140,16 @@ def report(metric: str, seconds: dict, values: dict, results: list) -> None:
         med = statistics.median(times)
         ratio = "" if name == "raysweep" else f"  {name}/raysweep {med / base:6.2f}x"
         diff = "" if name == "raysweep" else f"  max |diff| {max_diff(values['raysweep'], values[name]):.2e}"
-        print(f"  {metric:10s} {name:12s} min {min(times):8.4f}s  median {med:8.4f}s  max {max(times):8.4f}s{ratio}{diff}",
+        print(f"  {metric:10s} {name:12s} min {min(times):8.4f}s  median {med:8.4f}s  "
+              f"max {max(times):8.4f}s{ratio}{diff}",
               flush=True)
         if name != "raysweep":
             results.append((metric, name, med / base, max_diff(values["raysweep"], values[name])))
 
 
 def run_case(title: str, probs: torch.Tensor, ood: torch.Tensor, repeats: int, results: list) -> None:
-    print(f"\n== {title}: probs {tuple(probs.shape)} {probs.dtype} ({probs.numel() * probs.element_size() / 2**30:.2f} GiB)",
+    print(f"\n== {title}: probs {tuple(probs.shape)} {probs.dtype} "
+          f"({probs.numel() * probs.element_size() / 2**30:.2f} GiB)",
           flush=True)
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, probs.shape[-1], probs.shape[1:-1], generator=g).reshape(-1)

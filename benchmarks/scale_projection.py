@@ -135,7 +135,8 @@ def fmt(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
-MEASURED_SLOT_OVERHEAD = 1.44  # raysweep, 100-cell grid, 2 slots, load ~10 (RESULTS.md §1); 0.11 s idle (docs/design.md §6)
+# raysweep, 100-cell grid, 2 slots, load ~10 (RESULTS.md §1); 0.11 s idle (docs/design.md §6)
+MEASURED_SLOT_OVERHEAD = 1.44
 
 if __name__ == "__main__":
     main()

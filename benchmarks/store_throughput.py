@@ -8,8 +8,8 @@ coordinates, the cell's JSON config ~1 kB, package versions) written through ray
 in per-cell chunks of --rows-per-cell rows (default 250: 248 epoch rows + 2 final rows, a
 small-N cell that takes a few hundred epochs to reach train.min_steps, with an OOD split), so 1M rows
 = 4,000 Parquet files, each atomically renamed and fsynced, as in a sweep. `--rows-per-cell 22`
-(20 epochs) shows the per-file cost for short cells. Read = raysweep.store.load (final rows, latest attempt per cell) and the full dataset
-(both kinds) with pyarrow; bytes per row = bytes on disk / rows.
+(20 epochs) shows the per-file cost for short cells. Read = raysweep.store.load (final rows, latest
+attempt per cell) and the full dataset (both kinds) with pyarrow; bytes per row = bytes on disk / rows.
 
 Also timed, side by side in the same repeats: one big pyarrow write of the same rows (the best a
 single file can do; what write_cell's per-cell files cost against it).
@@ -110,7 +110,8 @@ def main() -> None:
                     results["single-file write rows/s"].append(total / (time.perf_counter() - start))
                     sizes["one file"] = single.stat().st_size / total
                     start = time.perf_counter()
-                    results["single-file read rows/s"].append(pq.read_table(single).num_rows / (time.perf_counter() - start))
+                    results["single-file read rows/s"].append(
+                        pq.read_table(single).num_rows / (time.perf_counter() - start))
         print(f"  repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()), flush=True)
     print(f"\nover {args.repeats} repeats (rows per second):")
     for name, values in results.items():

@@ -3,7 +3,8 @@
     python benchmarks/sweep_overhead.py                  # 2 interleaved repeats
     python benchmarks/sweep_overhead.py --repeats 3 --defaults
     python benchmarks/sweep_overhead.py --set train.min_steps=160   # the same grid, 4x the work per cell
-    python benchmarks/sweep_overhead.py --grid experiments/digits.py --variants raysweep,tune-reuse  # the main job's cells
+    # the main job's cells:
+    python benchmarks/sweep_overhead.py --grid experiments/digits.py --variants raysweep,tune-reuse
 
 The grid is benchmarks/sweep_experiment.py: 100 real cells (regression task, 2-member MLP ensemble,
 fixed number of optimiser steps). Every variant runs raysweep.cell.run_cell on the same cells, so
@@ -265,7 +266,8 @@ def main() -> None:
         runs[variant].append(result)
         for cell_id, error in result.get("failed", {}).items():
             print(f"  !! {variant}: cell {cell_id} FAILED: {error}")
-        print(f"  {variant:17s} cells {result['cells']}  wall {result['wall_s']:6.1f}s  ideal {result['ideal_s']:6.1f}s  "
+        print(f"  {variant:17s} cells {result['cells']}  wall {result['wall_s']:6.1f}s  "
+              f"ideal {result['ideal_s']:6.1f}s  "
               f"wall/ideal {result['ratio']:.3f}  ray.init {result['seconds'].get('ray.init', 0):5.1f}s  "
               f"(load {result['load'][0]:.1f} -> {result['load'][1]:.1f})", flush=True)
     report(runs, slots)

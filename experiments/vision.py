@@ -3,8 +3,8 @@
 Local default (CPU, offline): scikit-learn's 8x8 digits 0-7 as 1x8x8 images, a small CNN of three
 widths, N from 50 to 800 training images, 4-member deep ensembles and MC dropout, three seeds:
 5 N x 3 widths x 2 methods x 3 seeds = 90 cells, converged budgets. OOD: the digits 8 and 9 (never
-trained on), patches of scikit-learn's two sample photographs, and the test digits rotated 90°. Each cell records its parameter count P, so the report fits laws in
-N at each width and in P at each N.
+trained on), patches of scikit-learn's two sample photographs, and the test digits rotated 90°. Each
+cell records its parameter count P, so the report fits laws in N at each width and in P at each N.
 
 Full scale (a GPU cluster; RAYSWEEP_SCALE=full): CIFAR-10 from the HF hub (`uoft-cs/cifar10`) with
 WideResNet-16-k, k in (1, 2, 4, 8, 10) (0.18M to 17.1M parameters), N = 50,000 / 2^j for j = 0..6

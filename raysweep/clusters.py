@@ -133,7 +133,8 @@ def _check_firewall(firewall, where: str) -> list[str]:
         elif isinstance(fw, dict) and _direction(fw) == "EGRESS":
             problems.append(f"{where}: rule {fw.get('name')!r} is EGRESS; list ingress rules only here "
                             f"(the firewall command creates ingress rules)")
-        if isinstance(fw, dict) and not fw.get("sourceRanges") and not fw.get("sourceTags") and _direction(fw) == "INGRESS":
+        if (isinstance(fw, dict) and not fw.get("sourceRanges") and not fw.get("sourceTags")
+                and _direction(fw) == "INGRESS"):
             problems.append(f"{where}: rule {fw.get('name')!r} has no sourceRanges or sourceTags; GCP then "
                             f"admits 0.0.0.0/0; name the sources")
     try:
@@ -306,7 +307,8 @@ def _check_start_commands(key: str, commands: list[tuple[str, str]], head: bool)
             continue
         for words in simple:
             argv = _split_env(words)[1]
-            if argv and (argv[0] in SCRIPT_RUNNERS or argv[0].startswith(("./", "/", "~"))) and argv[:2] != ["ray", "start"]:
+            if (argv and (argv[0] in SCRIPT_RUNNERS or argv[0].startswith(("./", "/", "~")))
+                    and argv[:2] != ["ray", "start"]):
                 problems.append(f"{where}: {' '.join(argv)!r} runs a script or program the lint cannot check; "
                                 f"write `ray start ...` itself in {key}")
         for env, argv in found:
@@ -327,13 +329,15 @@ def _check_start_commands(key: str, commands: list[tuple[str, str]], head: bool)
     if head and not starts:
         problems.append(f"{key}: no `ray start --head`")
     elif not head and not starts:
-        problems.append(f"{key}: no `ray start`; start Ray with token authentication (`RAY_AUTH_MODE=token ray start ...`)")
+        problems.append(f"{key}: no `ray start`; start Ray with token authentication "
+                        f"(`RAY_AUTH_MODE=token ray start ...`)")
     return problems
 
 
 def _check_ray_start(config: dict) -> list[str]:
     problems = _check_start_commands("head_start_ray_commands", _command_lists(config, "head_start_ray_commands"), True)
-    problems += _check_start_commands("worker_start_ray_commands", _command_lists(config, "worker_start_ray_commands"), False)
+    problems += _check_start_commands("worker_start_ray_commands", _command_lists(config, "worker_start_ray_commands"),
+                                      False)
     for key in ("setup_commands", "head_setup_commands", "worker_setup_commands", "initialization_commands"):
         for where, command in _command_lists(config, key):
             if re.search(r"\bray\s+start\b", command):
@@ -415,7 +419,7 @@ def _check_aws(config: dict) -> list[str]:
                         "(IpPermissions) so they are linted and can be created")
     else:
         problems += lint_ingress(_aws_rules(ours.get("IpPermissions", [])), "metadata.raysweep.security_group")
-        for proto, lo, hi, sources in _aws_rules(ours.get("IpPermissions", [])):
+        for _proto, lo, hi, sources in _aws_rules(ours.get("IpPermissions", [])):
             if any(lo <= p <= hi for p in RAY_PORTS) and any(_network(s) is not None for s in sources):
                 problems.append("metadata.raysweep.security_group: Ray's ports must be reachable "
                                 "from the group itself only, not from a CIDR")
@@ -425,7 +429,8 @@ def _check_aws(config: dict) -> list[str]:
         if not node.get("SecurityGroupIds"):
             problems.append(f"{where}: no SecurityGroupIds; without them Ray creates a group with SSH "
                             f"open to 0.0.0.0/0")
-        if not (node.get("IamInstanceProfile") or {}).get("Arn") and not (node.get("IamInstanceProfile") or {}).get("Name"):
+        if (not (node.get("IamInstanceProfile") or {}).get("Arn")
+                and not (node.get("IamInstanceProfile") or {}).get("Name")):
             problems.append(f"{where}: set IamInstanceProfile explicitly (a least-privilege profile)")
         if (node.get("MetadataOptions") or {}).get("HttpTokens") != "required":
             problems.append(f"{where}: require IMDSv2 (MetadataOptions.HttpTokens: required)")
@@ -551,7 +556,8 @@ def firewall_commands(config: dict) -> list[str]:
             proto = str(perm.get("IpProtocol", "-1"))
             port = "" if proto == "-1" else f' --port {perm["FromPort"]}' + (
                 f'-{perm["ToPort"]}' if perm["ToPort"] != perm["FromPort"] else "")
-            base = f'aws ec2 authorize-security-group-ingress --region {region} --group-id "$SG" --protocol {proto}{port}'
+            base = (f'aws ec2 authorize-security-group-ingress --region {region} --group-id "$SG" '
+                    f'--protocol {proto}{port}')
             for r in perm.get("IpRanges", []):
                 lines.append(f'{base} --cidr {r["CidrIp"]}')
             for _ in perm.get("UserIdGroupPairs", []):

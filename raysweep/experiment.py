@@ -68,7 +68,8 @@ class Train:
         if self.until == "converged" and not 0 < self.val_fraction < 0.5:
             return f"train.val_fraction must be in (0, 0.5), got {self.val_fraction}"
         if self.patience_steps < 1 or self.max_epochs < 1:
-            return f"train.patience_steps and train.max_epochs must be >= 1, got {self.patience_steps}, {self.max_epochs}"
+            return (f"train.patience_steps and train.max_epochs must be >= 1, "
+                    f"got {self.patience_steps}, {self.max_epochs}")
         return None
 
 
@@ -190,7 +191,8 @@ def _set(obj, parts: list[str], text: str, key: str, root):
     if len(parts) > 1:
         return replace(obj, **{head: _set(current, parts[1:], text, key, root)})
     if is_dataclass(current):
-        raise ExperimentError(f"--set: {key!r} is a section; set one of its fields, e.g. {key}.{fields(current)[0].name}")
+        raise ExperimentError(f"--set: {key!r} is a section; set one of its fields, "
+                              f"e.g. {key}.{fields(current)[0].name}")
     hint = typing.get_type_hints(type(obj))[head]
     return replace(obj, **{head: parse_value(text, hint, key)})
 
@@ -346,7 +348,8 @@ def _type_problem(value, hint) -> str | None:
         return None
     if origin is tuple:
         if not isinstance(value, tuple):
-            return f"expected a tuple of {_hint_name(args[0])}, e.g. ({_example(args[0])},), got a {type(value).__name__}"
+            return (f"expected a tuple of {_hint_name(args[0])}, e.g. ({_example(args[0])},), "
+                    f"got a {type(value).__name__}")
         item = args[0]
         return next((f"item {v!r}: {p}" for v in value if (p := _type_problem(v, item)) is not None), None)
     if origin in (typing.Union, types.UnionType):
@@ -440,7 +443,8 @@ def cells(e: Experiment) -> list[dict]:
         for size in sizes:
             for n in e.grid.n:
                 for seed in e.grid.seeds:
-                    model = None if size is None else {"name": model_name, **dataclasses.asdict(replace(e.model, **{e.model.size_knob: size}))}
+                    model = None if size is None else {
+                        "name": model_name, **dataclasses.asdict(replace(e.model, **{e.model.size_knob: size}))}
                     config = {
                         "experiment": e.name,
                         "task": {"name": task_name, **dataclasses.asdict(e.task)},

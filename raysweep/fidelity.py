@@ -110,7 +110,8 @@ def _figure(table: pd.DataFrame, splits: list[str], out_dir: Path) -> Path:
     for ax, split in zip(axes[0], splits):
         for name, group in table[table["split"] == split].groupby("label"):
             group = group.sort_values("n")
-            ax.errorbar(group["n"], group["ratio"], yerr=[group["ratio"] - group["ratio_min"], group["ratio_max"] - group["ratio"]],
+            ax.errorbar(group["n"], group["ratio"],
+                        yerr=[group["ratio"] - group["ratio_min"], group["ratio_max"] - group["ratio"]],
                         marker="o", capsize=3, label=name)
         ax.axhline(1.0, color="black", lw=1, ls="--")
         ax.set(xscale="log", yscale="log", xlabel="N", title=f"EU / exact EU ({split})")

@@ -29,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also refit without the largest N (and largest P) and check the prediction")
     parser.add_argument("--target-eu", type=float, default=0.01, metavar="EPS",
                         help="report N* (and P*): where epistemic uncertainty falls to EPS nats (default 0.01)")
-    parser.add_argument("--boot", type=int, default=1000, metavar="R", help="bootstrap resamples per curve (default 1000)")
+    parser.add_argument("--boot", type=int, default=1000, metavar="R",
+                        help="bootstrap resamples per curve (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), metavar="W",
                         help="processes to fit and plot in; any number gives the same report, to "

@@ -66,11 +66,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plan", action="store_true", help="print the grid, cells, FLOPs and GPU-hours; run nothing")
     same = parser.add_mutually_exclusive_group()
     same.add_argument("--new-store", action="store_true",
-                      help="the store holds another configuration: move it aside to OUTPUT/<name>.<time> and start afresh")
+                      help="the store holds another configuration: move it aside to OUTPUT/<name>.<time> "
+                           "and start afresh")
     same.add_argument("--merge", action="store_true",
-                      help="the store holds another configuration: add this one to it (rows tell them apart by `variant`)")
+                      help="the store holds another configuration: add this one to it "
+                           "(rows tell them apart by `variant`)")
     parser.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
-                        help="another launch is writing the same store: wait this long for it (default: refuse at once)")
+                        help="another launch is writing the same store: wait this long for it "
+                             "(default: refuse at once)")
     parser.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS",
                         help="with --address: give up reaching the cluster after this long (default 15)")
     args = parser.parse_args(argv)
@@ -79,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"{option} must be >= 1, got {value}")
     for option, value in (("--wait-for-lock", args.wait_for_lock), ("--connect-timeout", args.connect_timeout)):
         if not math.isfinite(value) or value < 0 or (option == "--connect-timeout" and value == 0):
-            parser.error(f"{option} must be a finite number of seconds{' > 0' if option == '--connect-timeout' else ' >= 0'}, got {value}")
+            parser.error(f"{option} must be a finite number of seconds"
+                         f"{' > 0' if option == '--connect-timeout' else ' >= 0'}, got {value}")
     return args
 
 
@@ -205,7 +209,8 @@ def warn_if_auth_off(environ=os.environ) -> bool:
     mode = environ.get("RAY_AUTH_MODE", "").strip().lower()
     if mode and mode != "token":
         print(f"[raysweep] warning: RAY_AUTH_MODE={environ['RAY_AUTH_MODE']} turns Ray's token authentication "
-              f"off: anyone who reaches this machine's Ray ports can run code as you. Unset it", file=sys.stderr, flush=True)
+              f"off: anyone who reaches this machine's Ray ports can run code as you. Unset it",
+              file=sys.stderr, flush=True)
         return True
     return False
 
@@ -241,7 +246,8 @@ def connect(address: str, timeout_s: float) -> None:
     try:
         ray.init(address=resolved, log_to_driver=False)
     except Exception as exc:  # noqa: BLE001
-        raise LaunchError(f"--address {address!r}: cannot join the Ray cluster at {resolved}: {_first_line(exc)}") from None
+        raise LaunchError(f"--address {address!r}: cannot join the Ray cluster at {resolved}: "
+                          f"{_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -61,7 +61,8 @@ def unplaceable(cells: list[dict], cpus: float, gpus: float, available: dict) ->
             return (f"method {cell['method']!r}: {workers} Ray Train workers with resources.cpus={cpus:g}, "
                     f"resources.gpus={gpus:g} needs {', '.join(f'{v:g} {k}' for k, v in short.items())} at once "
                     f"(workers plus {DRIVER_CPUS} CPU for the trial that drives them), but the cluster has {have}; "
-                    f"lower the workers per cell (e.g. methods.ensemble.workers_per_member) or resources.cpus, or add nodes")
+                    f"lower the workers per cell (e.g. methods.ensemble.workers_per_member) or resources.cpus, "
+                    f"or add nodes")
     return None
 
 

@@ -191,7 +191,8 @@ def _read(path: Path) -> tuple[pa.Table | None, str | None]:
         if field.name in table.schema.names:
             columns.append(table.column(field.name).cast(field.type))  # only null -> type: types match
         elif field.name == "variant" and "config" in table.schema.names and table.num_rows:
-            columns.append(pa.array([_variant_of_json(table.column("config")[0].as_py())] * table.num_rows, pa.string()))
+            columns.append(pa.array([_variant_of_json(table.column("config")[0].as_py())] * table.num_rows,
+                                    pa.string()))
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=SCHEMA), None
@@ -407,7 +408,8 @@ def identity_differences(stored: dict, current: dict) -> list[str]:
     """Keys whose values differ. A key present on one side only (a method added to the grid, a
     field a newer raysweep added) is an extension, not a difference."""
     a, b = flatten(stored), flatten(current)
-    return [f"{key}: {a[key]!r} in the store, {b[key]!r} now" for key in sorted(a.keys() & b.keys()) if a[key] != b[key]]
+    return [f"{key}: {a[key]!r} in the store, {b[key]!r} now"
+            for key in sorted(a.keys() & b.keys()) if a[key] != b[key]]
 
 
 def check_identity(root: str | Path, identity: dict, merge: bool = False) -> str | None:

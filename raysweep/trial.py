@@ -131,7 +131,8 @@ class StoreCallback(tune.Callback):
     def _write_failed(self, trial, cell: dict, error: str) -> None:
         rows = self._latest_attempt(trial, cell["cell_id"])
         attempt = rows[0]["attempt"] if rows else f"{time.time_ns():020d}-error"
-        rows.append({"cell_id": cell["cell_id"], "attempt": attempt, "kind": "final", "status": "failed", "error": error})
+        rows.append({"cell_id": cell["cell_id"], "attempt": attempt, "kind": "final", "status": "failed",
+                     "error": error})
         self._write(trial, cell, rows, True, _last_line(error))
 
     def _write(self, trial, cell: dict, rows: list[dict], failed: bool, reason: str | None) -> None:
@@ -150,7 +151,8 @@ class StoreCallback(tune.Callback):
         self.done += 1
         self.failed += failed
         degenerate = next((row.get("error") for row in rows if row.get("status") == "degenerate"), None)
-        status = f"FAILED: {reason}" if failed else f"degenerate, kept out of the fits: {degenerate}" if degenerate else "ok"
+        status = (f"FAILED: {reason}" if failed
+                  else f"degenerate, kept out of the fits: {degenerate}" if degenerate else "ok")
         print(f"[raysweep] {self.done}/{self.total} cells ({self.failed} failed, "
               f"{time.time() - self.started:.0f}s) {cell_label(cell)}: {status}", flush=True)
 

@@ -37,7 +37,8 @@ def _np(x) -> np.ndarray:
     """A CPU tensor or array as numpy, zero-copy when possible (bf16/fp16 widened to float64)."""
     if torch.is_tensor(x):
         x = x.detach()
-        return (x if x.dtype in (torch.float32, torch.float64, torch.bool) or not x.is_floating_point() else x.double()).numpy()
+        return (x if x.dtype in (torch.float32, torch.float64, torch.bool) or not x.is_floating_point()
+                else x.double()).numpy()
     return np.asarray(x)
 
 

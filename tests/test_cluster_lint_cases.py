@@ -60,11 +60,13 @@ CASES = {
     "start command that runs a script": (
         lambda: aws_with(**{HEAD: [GOOD_HEAD, "bash ~/start.sh"]}), r"runs a script or program the lint cannot check"),
     "ssh open to the world in two halves": (
-        lambda: gcp_with_rule(sourceRanges=["0.0.0.0/1", "128.0.0.0/1"], allowed=[{"IPProtocol": "tcp", "ports": ["22"]}]),
+        lambda: gcp_with_rule(sourceRanges=["0.0.0.0/1", "128.0.0.0/1"],
+                              allowed=[{"IPProtocol": "tcp", "ports": ["22"]}]),
         r"open to 0\.0\.0\.0/1, a public range broader than /16"),
     "ipv6 world in halves on aws": (
         lambda: (lambda c: (c[0]["metadata"]["raysweep"]["security_group"]["IpPermissions"].append(
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "Ipv6Ranges": [{"CidrIpv6": "::/1"}]}) or c))(load("aws.yaml")),
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+             "Ipv6Ranges": [{"CidrIpv6": "::/1"}]}) or c))(load("aws.yaml")),
         r"open to ::/1, a public range"),
     "a token in a git URL": (
         lambda: (lambda c: (c[0], c[1] + "\n# pip install git+https://user:ghp_abc123@github.com/o/r\n"))(load("aws.yaml")),
@@ -79,7 +81,8 @@ CASES = {
         lambda: gcp_with_rule(sourceRanges=["10.0.0.0/8"], allowed=[{"IPProtocol": "tcp", "ports": ["http"]}]),
         r"cannot read the rules: port 'http' is not a port"),
     "an unparseable start command": (
-        lambda: aws_with(**{HEAD: ["RAY_AUTH_MODE=token ray start --head 'unclosed"]}), r"cannot parse .* as a shell command"),
+        lambda: aws_with(**{HEAD: ["RAY_AUTH_MODE=token ray start --head 'unclosed"]}),
+        r"cannot parse .* as a shell command"),
     "firewall is not a list": (
         lambda: (lambda c: (c[0]["metadata"]["raysweep"].update(firewall={"a": 1}) or c))(load("gcp.yaml")),
         r"expected a list of rules"),

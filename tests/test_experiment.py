@@ -25,20 +25,26 @@ def write(tmp_path, text, name="exp.py"):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda e: replace(e, grid=replace(e.grid, methods=("ensembel",))), r"unknown method 'ensembel'; allowed: exact, ensemble, dropout"),
+        (lambda e: replace(e, grid=replace(e.grid, methods=("ensembel",))),
+         r"unknown method 'ensembel'; allowed: exact, ensemble, dropout"),
         (lambda e: replace(e, task="cifar"), r"unknown task 'cifar'; allowed: regression, digits"),
         (lambda e: replace(e, grid=replace(e.grid, n=(100, -5))), r"grid.n must hold positive integers, got \[-5\]"),
         (lambda e: replace(e, grid=replace(e.grid, n=(0,))), r"grid.n must hold positive integers, got \[0\]"),
-        (lambda e: replace(e, grid=replace(e.grid, n=(100, 5000))), r"grid.n value\(s\) \[5000\] exceed the 1143 training examples task 'digits' has"),
+        (lambda e: replace(e, grid=replace(e.grid, n=(100, 5000))),
+         r"grid.n value\(s\) \[5000\] exceed the 1143 training examples task 'digits' has"),
         (lambda e: replace(e, grid=replace(e.grid, seeds=())), r"grid.seeds is empty: the grid has no cells"),
-        (lambda e: replace(e, grid=replace(e.grid, sizes=(0, 8))), r"grid.sizes \(model width\) must be positive integers, got \[0\]"),
+        (lambda e: replace(e, grid=replace(e.grid, sizes=(0, 8))),
+         r"grid.sizes \(model width\) must be positive integers, got \[0\]"),
         (lambda e: replace(e, grid=replace(e.grid, n=(50, 50))), r"grid.n has repeated values"),
-        (lambda e: replace(e, grid=replace(e.grid, ood=("svhn",))), r"unknown OOD set 'svhn' for this task; allowed: held_out_classes, photos, rotated, noise"),
-        (lambda e: replace(e, grid=replace(e.grid, methods=("exact",))), r"method 'exact' cannot run task 'digits': it needs a linear-Gaussian task"),
+        (lambda e: replace(e, grid=replace(e.grid, ood=("svhn",))),
+         r"unknown OOD set 'svhn' for this task; allowed: held_out_classes, photos, rotated, noise"),
+        (lambda e: replace(e, grid=replace(e.grid, methods=("exact",))),
+         r"method 'exact' cannot run task 'digits': it needs a linear-Gaussian task"),
         (lambda e: replace(e, train=replace(e.train, epochs=0)), r"train.epochs must be > 0, got 0"),
         (lambda e: replace(e, train=replace(e.train, lr=-1.0)), r"train.lr must be > 0, got -1.0"),
         (lambda e: replace(e, name=""), r"experiment name '' must be a non-empty string"),
-        (lambda e: replace(e, task=Digits(n_test=0, held_out_classes=(8, 9))), r"task.n_test must be in 1..1442, got 0"),
+        (lambda e: replace(e, task=Digits(n_test=0, held_out_classes=(8, 9))),
+         r"task.n_test must be in 1..1442, got 0"),
     ],
 )
 def test_bad_experiments_are_refused_with_a_clear_message(digits, change, message):
@@ -53,7 +59,8 @@ def test_bad_method_options_are_refused(digits):
 
 
 def test_overrides_are_typed_and_dotted(digits):
-    e = E.apply_overrides(digits, ["grid.n=50,100", "train.lr=0.01", "methods.ensemble.members=3", "grid.methods=[dropout]"])
+    e = E.apply_overrides(digits, ["grid.n=50,100", "train.lr=0.01", "methods.ensemble.members=3",
+                                   "grid.methods=[dropout]"])
     assert e.grid.n == (50, 100) and e.train.lr == 0.01 and e.methods.ensemble.members == 3
     assert e.grid.methods == ("dropout",)
 
@@ -61,7 +68,8 @@ def test_overrides_are_typed_and_dotted(digits):
 @pytest.mark.parametrize(
     "assignment, message",
     [
-        ("grid.nn=5", r"unknown key 'grid.nn'; valid keys: name, task.n_test, .*model.width, model.depth, grid.n, grid.sizes"),
+        ("grid.nn=5",
+         r"unknown key 'grid.nn'; valid keys: name, task.n_test, .*model.width, model.depth, grid.n, grid.sizes"),
         ("train.epochs=ten", r"--set train.epochs='ten': expected int"),
         ("grid.n=1,x", r"--set grid.n='x': expected int"),
         ("train", r"expected key=value"),

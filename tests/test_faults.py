@@ -38,7 +38,8 @@ def busy_trial_worker(driver, timeout=120.0):
         for process in psutil.Process(driver.pid).children(recursive=True):
             try:
                 title = " ".join(process.cmdline())
-                if title.startswith("ray::") and "IDLE" not in title and "Func" in title and process.cpu_times().user > 1.0:
+                if (title.startswith("ray::") and "IDLE" not in title and "Func" in title
+                        and process.cpu_times().user > 1.0):
                     return process
             except psutil.Error:
                 continue

@@ -49,7 +49,8 @@ def targets(data: TaskData) -> dict[str, dict[str, float]]:
     x = data.train_x.double().numpy()
     precision = ALPHA * np.eye(x.shape[1]) + x.T @ x / NOISE_VAR
     exact, meanfield = np.linalg.inv(precision), np.diag(1 / np.diag(precision))
-    return {split: {"exact": mean_eu(inputs.double().numpy(), exact), "meanfield": mean_eu(inputs.double().numpy(), meanfield)}
+    return {split: {"exact": mean_eu(inputs.double().numpy(), exact),
+                    "meanfield": mean_eu(inputs.double().numpy(), meanfield)}
             for split, (inputs, _) in data.eval_sets.items()}
 
 

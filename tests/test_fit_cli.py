@@ -33,10 +33,12 @@ def test_two_workers_write_the_same_report_as_one(tmp_path):
     write_store(tmp_path / "results")
     fit.main([str(tmp_path), "--holdout", "--boot", "50", "--workers", "1"])
     one = pd.read_parquet(tmp_path / "report" / "fits.parquet")
-    names, text = sorted(p.name for p in (tmp_path / "report").iterdir()), (tmp_path / "report" / "report.md").read_text()
+    names, text = (sorted(p.name for p in (tmp_path / "report").iterdir()),
+                   (tmp_path / "report" / "report.md").read_text())
     fit.main([str(tmp_path), "--holdout", "--boot", "50", "--workers", "2"])
     pd.testing.assert_frame_equal(one, pd.read_parquet(tmp_path / "report" / "fits.parquet"), rtol=1e-6)
-    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == names and sum(n.endswith(".png") for n in names) == 2
+    assert (sorted(p.name for p in (tmp_path / "report").iterdir()) == names
+            and sum(n.endswith(".png") for n in names) == 2)
     assert (tmp_path / "report" / "report.md").read_text() == text
 
 
@@ -46,5 +48,6 @@ def test_cli_without_a_store_says_what_it_expected(tmp_path, capsys):
 
 
 def test_cli_refuses_a_non_positive_target():
-    result = subprocess.run([sys.executable, "-m", "raysweep.fit", ".", "--target-eu", "0"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "raysweep.fit", ".", "--target-eu", "0"],
+                            capture_output=True, text=True)
     assert result.returncode == 2 and "--target-eu must be > 0 nats, got 0.0" in result.stderr

@@ -47,7 +47,8 @@ def test_marginal_likelihood_picks_the_prior_precision_of_highest_evidence(linea
 
     def evidence(a):
         covariance = 0.25 * torch.eye(60, dtype=torch.float64) + x @ x.T / a  # y ~ N(0, σ²I + XXᵀ/α)
-        return torch.distributions.MultivariateNormal(torch.zeros(60, dtype=torch.float64), covariance).log_prob(y).item()
+        return torch.distributions.MultivariateNormal(torch.zeros(60, dtype=torch.float64),
+                                                      covariance).log_prob(y).item()
 
     assert evidence(alpha) >= max(evidence(alpha * 1.05), evidence(alpha / 1.05))
 
@@ -55,7 +56,8 @@ def test_marginal_likelihood_picks_the_prior_precision_of_highest_evidence(linea
 @pytest.mark.parametrize("hessian", laplace.HESSIANS)
 def test_kron_and_full_sampling_match_their_covariance(hessian):
     data = Digits().load(80, 0, [], 20)
-    posterior = METHODS["laplace"].fit(data, MLP(width=6), laplace.Options(hessian=hessian, samples=4000), TINY, 0, ignore)
+    posterior = METHODS["laplace"].fit(data, MLP(width=6), laplace.Options(hessian=hessian, samples=4000), TINY, 0,
+                                       ignore)
     draws = posterior.weight_samples.reshape(4000, -1)  # (S, C·F)
     empirical = torch.cov(draws.T)
     covariance = posterior.covariance

@@ -108,9 +108,11 @@ def test_chunked_cells_give_one_file_each_and_the_rows_of_cells_run_alone(root, 
     chunked = store.load(results).to_pandas()[columns].sort_values(keys).reset_index(drop=True)
     reference = pd.DataFrame(alone).reindex(columns=columns).sort_values(keys).reset_index(drop=True)
     pd.testing.assert_frame_equal(chunked, reference, check_dtype=False, check_exact=True)
-    epochs = store.load(results, kind="epoch").to_pandas()[["cell_id", "epoch", "loss"]].sort_values(["cell_id", "epoch"])
+    epochs = store.load(results, kind="epoch").to_pandas()[["cell_id", "epoch", "loss"]].sort_values(
+        ["cell_id", "epoch"])
     expected = pd.DataFrame(alone_epochs)[["cell_id", "epoch", "loss"]].sort_values(["cell_id", "epoch"])
-    pd.testing.assert_frame_equal(epochs.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False, check_exact=True)
+    pd.testing.assert_frame_equal(epochs.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False,
+                                  check_exact=True)
 
 
 @pytest.mark.parametrize("argv, cpus, expected", [([], 2, False), ([], 4, False), ([], 16, True),

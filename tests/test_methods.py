@@ -130,7 +130,8 @@ def test_the_loss_per_member_is_each_members_mean_over_scored_targets(features_f
         outputs = outputs.movedim(-1, 1).contiguous().movedim(1, -1)
     targets = torch.randint(0, 11, (3, 5, 7))
     targets[0, :2] = IGNORE_INDEX
-    expected = torch.stack([torch.nn.functional.cross_entropy(o.reshape(-1, 11), t.reshape(-1), ignore_index=IGNORE_INDEX)
+    expected = torch.stack([torch.nn.functional.cross_entropy(o.reshape(-1, 11), t.reshape(-1),
+                                                              ignore_index=IGNORE_INDEX)
                             for o, t in zip(outputs, targets)])
     torch.testing.assert_close(loss_per_member(outputs, targets, "classification"), expected)
     no_ignored = targets.clamp_min(0)
@@ -181,7 +182,8 @@ def test_every_method_gives_the_same_result_for_the_same_seed(name):
         return method.fit(data, model, fast_options(name), TINY, 7, ignore).predict(data.eval_sets["test"][0])
 
     first, second = run(), run()
-    for a, b in zip(first if isinstance(first, tuple) else (first,), second if isinstance(second, tuple) else (second,)):
+    for a, b in zip(first if isinstance(first, tuple) else (first,),
+                    second if isinstance(second, tuple) else (second,)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

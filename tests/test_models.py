@@ -60,7 +60,8 @@ def test_stacked_ensemble_training_runs_and_learns(name):
     if name == "vit":
         model = replace(model, patch=2, max_patches=16)
     losses = []
-    posterior = METHODS["ensemble"].fit(data, model, ensemble.Options(members=2), E.Train(epochs=3, batch_size=32, lr=3e-3),
+    posterior = METHODS["ensemble"].fit(data, model, ensemble.Options(members=2),
+                                        E.Train(epochs=3, batch_size=32, lr=3e-3),
                              0, lambda epoch, loss: losses.append(loss))
     probs = posterior.predict(data.eval_sets["rotated"][0])
     assert probs.shape == (2, 64, 10) and torch.allclose(probs.sum(-1), torch.ones(2, 64))

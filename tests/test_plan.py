@@ -15,14 +15,15 @@ def test_plan_flops_follow_the_stated_formula(root):
     params = (64 * 16 + 16) + (16 * 16 + 16) + (16 * 8 + 8)  # MLP 64 -> 16 -> 16 -> 8 (8 and 9 held out)
     assert cost.params == params
     assert cost.train_flops == 6 * params * 1 * (3 * 100) * 5
-    eval_examples = sum(len(x) for x, _ in e.task.load(100, 0, list(e.grid.ood), e.eval.max_examples).eval_sets.values())
+    eval_examples = sum(len(x)
+                        for x, _ in e.task.load(100, 0, list(e.grid.ood), e.eval.max_examples).eval_sets.values())
     assert cost.eval_flops == 2 * params * eval_examples * 5
 
 
 def test_plan_bounds_the_converged_mode_by_its_cap(root):
     e = E.apply_overrides(E.load(root / "experiments" / "digits.py"),
-                          ["grid.n=100", "grid.sizes=16", "grid.methods=ensemble", "grid.seeds=0", "train.until=converged",
-                           "train.max_epochs=40", "methods.ensemble.members=5"])
+                          ["grid.n=100", "grid.sizes=16", "grid.methods=ensemble", "grid.seeds=0",
+                           "train.until=converged", "train.max_epochs=40", "methods.ensemble.members=5"])
     (cost,) = estimate(e)
     assert cost.train_flops == 6 * cost.params * (40 * 100) * 5
 

@@ -83,8 +83,10 @@ def test_every_row_carries_the_methods_sample_count(root):
     (lambda e: replace(e, eval=replace(e.eval, max_examples=1)), r"eval\.max_examples must be >= 10 .*got 1"),
     (lambda e: replace(e, grid=replace(e.grid, n=(5, 100))),
      r"grid\.n value\(s\) \[5\] are below the 10 .*at least task\.dim = 10 examples"),
-    (lambda e: replace(e, model=replace(e.model, noise_var=1.0)), r"model\.noise_var=1\.0 must equal task\.noise_var=0\.25"),
-    (lambda e: replace(e, grid=replace(e.grid, sizes=(1, 2))), r"model 'linear' has no size knob: grid\.sizes must be \(1,\)"),
+    (lambda e: replace(e, model=replace(e.model, noise_var=1.0)),
+     r"model\.noise_var=1\.0 must equal task\.noise_var=0\.25"),
+    (lambda e: replace(e, grid=replace(e.grid, sizes=(1, 2))),
+     r"model 'linear' has no size knob: grid\.sizes must be \(1,\)"),
     (lambda e: replace(e, methods=replace(e.methods, ensemble=ensemble.Options(prior="flat"))),
      r"methods\.ensemble\.prior must be one of none, anchored, got 'flat'"),
 ])
@@ -107,10 +109,14 @@ def test_fidelity_section_divides_by_the_exact_cell_of_the_same_n_seed_and_split
     from raysweep import fidelity
 
     rows = pd.DataFrame([
-        {"method": "exact", "n": 10, "seed": 0, "split": "test", "epistemic": 0.2, "samples": 1, "status": "ok", "config": "{}"},
-        {"method": "exact", "n": 10, "seed": 1, "split": "test", "epistemic": 0.4, "samples": 1, "status": "ok", "config": "{}"},
-        {"method": "sghmc", "n": 10, "seed": 0, "split": "test", "epistemic": 0.1, "samples": 4, "status": "ok", "config": "{}"},
-        {"method": "sghmc", "n": 10, "seed": 1, "split": "test", "epistemic": 0.6, "samples": 4, "status": "ok", "config": "{}"},
+        {"method": "exact", "n": 10, "seed": 0, "split": "test", "epistemic": 0.2, "samples": 1, "status": "ok",
+         "config": "{}"},
+        {"method": "exact", "n": 10, "seed": 1, "split": "test", "epistemic": 0.4, "samples": 1, "status": "ok",
+         "config": "{}"},
+        {"method": "sghmc", "n": 10, "seed": 0, "split": "test", "epistemic": 0.1, "samples": 4, "status": "ok",
+         "config": "{}"},
+        {"method": "sghmc", "n": 10, "seed": 1, "split": "test", "epistemic": 0.6, "samples": 4, "status": "ok",
+         "config": "{}"},
         {"method": "sghmc", "n": 10, "seed": 2, "split": "test", "epistemic": 9.0, "samples": 4, "status": "degenerate",
          "config": "{}"},
     ])

@@ -24,10 +24,10 @@ def write_store(directory, with_bad_values=False, statuses=False):
                         eu *= (2 if split == "shifted" else 1) * np.exp(rng.normal(0, noise))
                         if with_bad_values and (n, width, seed) == (250, 16, 0):
                             eu = float("nan")
-                        rows.append({"cell_id": f"{method}{n}{width}{seed}", "attempt": "0", "task": "toy", "model": "mlp",
-                                     "size_knob": "width", "size": width, "params": params, "n": n, "method": method,
-                                     "seed": seed, "split": split, "kind": "final", "status": "ok", "epistemic": eu,
-                                     "total": 0.3 + eu})  # two metrics keep the test quick
+                        rows.append({"cell_id": f"{method}{n}{width}{seed}", "attempt": "0", "task": "toy",
+                                     "model": "mlp", "size_knob": "width", "size": width, "params": params, "n": n,
+                                     "method": method, "seed": seed, "split": split, "kind": "final", "status": "ok",
+                                     "epistemic": eu, "total": 0.3 + eu})  # two metrics keep the test quick
                     if statuses and (method, n, width, seed) == ("ensemble", 2000, 16, 0):
                         rows = [rows[0] | {"split": None, "status": "degenerate", "error": "constant predictions"}]
                     store.write_cell(directory, rows)
@@ -53,14 +53,16 @@ def test_gamma_is_the_power_law_exponent_on_every_row_whatever_law_is_chosen(wri
     fits = pd.read_parquet(written / "fits.parquet")
     curves = fits[fits.axis == "n"]
     power = curves[curves.law == "power"].set_index(report.CURVE_ID)["b"]
-    assert np.allclose(curves.set_index(report.CURVE_ID)["gamma"], power.reindex(curves.set_index(report.CURVE_ID).index))
+    assert np.allclose(curves.set_index(report.CURVE_ID)["gamma"],
+                       power.reindex(curves.set_index(report.CURVE_ID).index))
     chosen = curves[curves.chosen & curves.ok]
     assert (chosen["gamma_lo"] <= chosen["gamma"]).all() and (chosen["gamma"] <= chosen["gamma_hi"]).all()
 
 
 def test_no_reported_interval_leaves_its_bounds(written):
     fits = pd.read_parquet(written / "fits.parquet")
-    for p, (low, high) in {"b": (-10, 10), "c": (0, np.inf), "alpha": (0, 10), "beta": (0, 10), "E": (0, np.inf)}.items():
+    for p, (low, high) in {"b": (-10, 10), "c": (0, np.inf), "alpha": (0, 10), "beta": (0, 10),
+                           "E": (0, np.inf)}.items():
         rows = fits[fits[f"{p}_lo"].notna()] if f"{p}_lo" in fits else fits.iloc[:0]
         assert ((rows[f"{p}_lo"] >= low) & (rows[f"{p}_hi"] <= high)).all(), p
 
@@ -72,8 +74,10 @@ def test_report_opens_with_the_summary_and_names_what_was_left_out(written):
     assert "| ensemble | test |" in summary and "γ_EU" in summary and "Holdout coverage, largest N:" in summary
     assert "1 degenerate (constant predictions)" in summary
     assert "| ensemble2000160 | ensemble | 2000 | 0 | degenerate | constant predictions |" in text
-    assert "### Values left out of the log fits" in text and "| ensemble250160 | ensemble | test | epistemic | nan |" in text
-    for item in ("Law forms:", "Loss:", "Optimizer:", "Start values:", "Points per curve:", "Intervals:", "Selection rule:"):
+    assert ("### Values left out of the log fits" in text
+            and "| ensemble250160 | ensemble | test | epistemic | nan |" in text)
+    for item in ("Law forms:", "Loss:", "Optimizer:", "Start values:", "Points per curve:", "Intervals:",
+                 "Selection rule:"):
         assert item in text
 
 
@@ -92,7 +96,8 @@ def test_n_star_beyond_the_data_and_uninformative_bands_are_words_not_numbers(wr
 
 def test_outputs_are_written_and_readable(written):
     assert json.loads((written / "fits.json").read_text())[0]["law"] == "power"
-    assert set(pd.read_csv(written / "fits.csv").columns) >= {"method", "split", "metric", "b", "points", "gamma", "aicc"}
+    assert set(pd.read_csv(written / "fits.csv").columns) >= {"method", "split", "metric", "b", "points", "gamma",
+                                                              "aicc"}
     for metric in ("epistemic", "total"):
         assert (written / f"{metric}_vs_n.png").stat().st_size > 10_000
     assert json.loads((written / "settings.json").read_text())["n_boot"] == 100
@@ -100,7 +105,6 @@ def test_outputs_are_written_and_readable(written):
 
 def test_the_same_settings_give_the_same_report_and_other_settings_say_they_replace_it(tmp_path):
     write_store(tmp_path / "results")
-    table = store.load(tmp_path / "results").to_pandas()
     one = report.write(tmp_path / "results", tmp_path / "report", n_boot=20, plots=False).read_text()
     again = report.write(tmp_path / "results", tmp_path / "report", n_boot=20, plots=False).read_text()
     assert one == again
@@ -115,8 +119,8 @@ def test_regression_differential_entropies_are_shown_not_log_fitted(tmp_path):
             eu = 2.0 / n * np.exp(rng.normal(0, 0.05))
             store.write_cell(tmp_path / "results", [{
                 "cell_id": f"r{n}{seed}", "attempt": "0", "task": "regression", "method": "exact", "n": n, "seed": seed,
-                "split": "test", "kind": "final", "status": "ok", "epistemic": eu, "total": -0.3 + eu, "aleatoric": -0.3,
-                "total_var": 0.5 + eu, "aleatoric_var": 0.5, "epistemic_var": eu}])
+                "split": "test", "kind": "final", "status": "ok", "epistemic": eu, "total": -0.3 + eu,
+                "aleatoric": -0.3, "total_var": 0.5 + eu, "aleatoric_var": 0.5, "epistemic_var": eu}])
     path = report.write(tmp_path / "results", tmp_path / "report", n_boot=20)
     fits = pd.read_parquet(tmp_path / "report" / "fits.parquet")
     assert set(fits["metric"]) == {"epistemic", "total_var", "aleatoric_var", "epistemic_var"}

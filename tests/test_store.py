@@ -16,7 +16,8 @@ def rows(cell_id, attempt, splits=("test",), status="ok", **metrics):
 def test_load_keeps_only_the_latest_attempt_of_each_cell(tmp_path):
     store.write_cell(tmp_path, rows("a", "001", epistemic=0.5))
     store.write_cell(tmp_path, rows("a", "002", splits=("test", "ood"), epistemic=0.25))
-    store.write_cell(tmp_path, [{**rows("b", "001")[0], "kind": "epoch", "split": "train", "epoch": 1}, *rows("b", "001")])
+    store.write_cell(tmp_path, [{**rows("b", "001")[0], "kind": "epoch", "split": "train", "epoch": 1},
+                                *rows("b", "001")])
     table = store.load(tmp_path).to_pandas()
     assert sorted(zip(table.cell_id, table.split)) == [("a", "ood"), ("a", "test"), ("b", "test")]
     assert set(table[table.cell_id == "a"].epistemic) == {0.25}
@@ -129,13 +130,15 @@ def test_the_resume_index_agrees_with_the_rows_and_opens_only_new_files(tmp_path
     for i in range(60):
         cell = f"c{draw.randrange(25)}"
         status = draw.choice(["ok", "ok", "failed"])
-        store.write_cell(results, rows(cell, f"{i:03d}", splits=("test",) if status == "ok" else (None,), status=status))
+        store.write_cell(results, rows(cell, f"{i:03d}", splits=("test",) if status == "ok" else (None,),
+                                       status=status))
     assert store.finished_cells(results) == finished_by_definition(results)
     assert store.index_path(results).is_file()
 
     opened = []
     real_read_table = pq.read_table
-    monkeypatch.setattr(pq, "read_table", lambda path, *a, **k: opened.append(str(path)) or real_read_table(path, *a, **k))
+    monkeypatch.setattr(pq, "read_table",
+                        lambda path, *a, **k: opened.append(str(path)) or real_read_table(path, *a, **k))
     store.write_cell(results, rows("c3", "999", splits=(None,), status="failed"))  # a new, later attempt
     new_ok = store.write_cell(results, rows("new", "001"))
     done = store.finished_cells(results)

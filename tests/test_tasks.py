@@ -43,7 +43,8 @@ def test_text_task_refuses_bad_sources_and_too_small_n(root):
     e = E.apply_overrides(E.load(root / "experiments" / "regression.py"), [])
     e = E.Experiment(name="t", task=Text(context=64), model=e.model,
                      grid=E.Grid(n=(32,), sizes=(8,), methods=("ensemble",)))
-    with pytest.raises(E.ExperimentError, match=r"grid.n value\(s\) \[32\] are below the 64 a cell of task 'text' needs"):
+    with pytest.raises(E.ExperimentError,
+                       match=r"grid.n value\(s\) \[32\] are below the 64 a cell of task 'text' needs"):
         e.validate()
 
 

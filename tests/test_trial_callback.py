@@ -36,11 +36,13 @@ def trial(error=None):
 
 
 def epoch(attempt, e, cell_id="c1"):
-    return {"cell_id": cell_id, "attempt": attempt, "kind": "epoch", "split": "train", "epoch": e, "status": "ok", "loss": 1.0 / e}
+    return {"cell_id": cell_id, "attempt": attempt, "kind": "epoch", "split": "train", "epoch": e, "status": "ok",
+            "loss": 1.0 / e}
 
 
 def final(attempt, epistemic, cell_id="c1"):
-    return {"cell_id": cell_id, "attempt": attempt, "kind": "final", "split": "test", "status": "ok", "epistemic": epistemic}
+    return {"cell_id": cell_id, "attempt": attempt, "kind": "final", "split": "test", "status": "ok",
+            "epistemic": epistemic}
 
 
 def files_per_cell(directory):
@@ -87,7 +89,8 @@ def test_each_cell_of_a_chunk_is_written_to_its_own_file_as_soon_as_it_finishes(
     assert files_per_cell(tmp_path) == {"c1": 1, "c2": 1, "c3": 1}
     finals = store.load(tmp_path).to_pandas().set_index("cell_id")
     assert finals.epistemic.to_dict() == {"c1": 0.1, "c2": 0.2, "c3": 0.3}
-    assert finals.seed.to_dict() == {"c1": 1, "c2": 2, "c3": 3}  # coordinates come from each cell, not the chunk's first
+    # coordinates come from each cell, not the chunk's first
+    assert finals.seed.to_dict() == {"c1": 1, "c2": 2, "c3": 3}
     assert store.load(tmp_path, kind="epoch").num_rows == 3
     lines = [line for line in capsys.readouterr().out.splitlines() if " cells (" in line]
     assert [line.split(" cells")[0] for line in lines] == ["[raysweep] 1/3", "[raysweep] 2/3", "[raysweep] 3/3"]

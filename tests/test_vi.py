@@ -40,7 +40,7 @@ def test_the_elbo_is_scaled_to_the_dataset_size(linear_model):
     for batch in (32, 256):
         seen = []
         METHODS["vi"].fit(data, linear_model, vi.Options(last_layer=True, samples=2),
-               Train(epochs=1, batch_size=batch), 0, lambda epoch, loss: seen.append(loss))
+               Train(epochs=1, batch_size=batch), 0, lambda epoch, loss, seen=seen: seen.append(loss))
         losses[batch] = seen[-1]
     assert losses[32] == pytest.approx(losses[256], rel=0.3)
 

@@ -119,7 +119,8 @@ def test_a_dataset_without_the_expected_columns_is_refused(tmp_path):
     for split in ("train", "test"):
         Dataset.from_dict({"img": _images(np.random.default_rng(1), 4), "label": [0, 1, 2, 3]},
                           features=features).to_parquet(str(tmp_path / "cifar100" / f"{split}.parquet"))
-    with pytest.raises(ValueError, match=r"'cifar100' has no label column 'fine_label'; its columns are \['img', 'label'\]"):
+    with pytest.raises(ValueError,
+                       match=r"'cifar100' has no label column 'fine_label'; its columns are \['img', 'label'\]"):
         Vision(dataset="cifar100", root=str(tmp_path), stats_images=4).load(2, 0, [], 2)
 
 
@@ -134,7 +135,8 @@ def test_a_cell_runs_end_to_end_on_local_images(root):
 
 
 def test_digits_as_images_are_the_same_pixels():
-    flat, images = Digits().load(100, 0, ["rotated", "noise"], 50), Digits(as_images=True).load(100, 0, ["rotated", "noise"], 50)
+    flat, images = (Digits().load(100, 0, ["rotated", "noise"], 50),
+                    Digits(as_images=True).load(100, 0, ["rotated", "noise"], 50))
     assert images.train_x.shape == (100, 1, 8, 8) and images.input_dim == 1
     assert torch.equal(images.train_x.flatten(1), flat.train_x)
     for name in ("test", "rotated", "noise"):
@@ -158,7 +160,8 @@ def test_random_crop_and_flip_keep_shapes_and_pixels():
 
 
 def test_augmented_cells_train_on_crops_and_flips_and_evaluate_on_the_images(root):
-    assert Vision(augment=True, flatten=True).problems() == "task.augment crops and flips images: it needs task.flatten=False"
+    assert (Vision(augment=True, flatten=True).problems()
+            == "task.augment crops and flips images: it needs task.flatten=False")
     task = Vision(root=str(root), augment=True)
     assert task.problems() is None
     assert isinstance(task.load(10, 0, [], 10).extras["augment"], RandomCropFlip)

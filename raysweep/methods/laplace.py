@@ -98,7 +98,8 @@ class Posterior:
         self.mean, self.alpha = mean, alpha  # mean: (C, F)
         self.options, self.noise_var = options, noise_var
         if "hessian" in curvature:  # full: factor the precision once
-            precision = curvature["hessian"] + alpha * torch.eye(len(curvature["hessian"]), dtype=mean.dtype, device=mean.device)
+            precision = curvature["hessian"] + alpha * torch.eye(len(curvature["hessian"]), dtype=mean.dtype,
+                                                                 device=mean.device)
             self.precision_tril = torch.linalg.cholesky(precision)
             self.dense_covariance = torch.cholesky_inverse(self.precision_tril)
         else:
@@ -203,7 +204,8 @@ def _fit_regression(body, bias, network, x, phi, y, data, options: Options, seed
 
     def evidence(alpha: float) -> float:  # exact for a Gaussian likelihood
         m = mode(alpha)
-        log_likelihood = -0.5 * (((phi @ m - y) ** 2).sum().item() / noise_var + len(y) * math.log(2 * math.pi * noise_var))
+        log_likelihood = -0.5 * (((phi @ m - y) ** 2).sum().item() / noise_var
+                                 + len(y) * math.log(2 * math.pi * noise_var))
         return log_likelihood + _log_prior_and_occam(alpha, (m ** 2).sum().item(), values)
 
     alpha = options.prior_precision if options.prior == "fixed" else _maximise(evidence)
@@ -214,7 +216,8 @@ def _fit_regression(body, bias, network, x, phi, y, data, options: Options, seed
 
 def _log_prior_and_occam(alpha: float, square_norm: float, values: torch.Tensor) -> float:
     """(P/2) log α - (α/2)‖θ‖² - ½ log det(H + αI): the α-dependent part of the Laplace evidence."""
-    return 0.5 * len(values) * math.log(alpha) - 0.5 * alpha * square_norm - 0.5 * torch.log(values + alpha).sum().item()
+    return (0.5 * len(values) * math.log(alpha) - 0.5 * alpha * square_norm
+            - 0.5 * torch.log(values + alpha).sum().item())
 
 
 def _maximise(evidence) -> float:
@@ -240,7 +243,8 @@ class Laplace(Method):
             network = model.build(4, 2)
         last = _last_layer(network)
         if last is None:
-            kind = type(list(network.children())[-1]).__name__ if isinstance(network, nn.Sequential) and len(network) else type(network).__name__
+            kind = (type(list(network.children())[-1]).__name__ if isinstance(network, nn.Sequential) and len(network)
+                    else type(network).__name__)
             return (f"last-layer Laplace needs a model whose last layer is linear (an nn.Sequential ending in "
                     f"nn.Linear), but model {model!r} ends in {kind}")
         return None

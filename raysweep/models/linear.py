@@ -70,7 +70,8 @@ class Linear(Model):
 
     def build(self, input_dim: int, output_dim: int, dropout: float = 0.0) -> nn.Module:
         if output_dim != 2:
-            raise ValueError(f"model 'linear' predicts a Gaussian (2 outputs: mean, raw variance), asked for {output_dim}")
+            raise ValueError(f"model 'linear' predicts a Gaussian (2 outputs: mean, raw variance), "
+                             f"asked for {output_dim}")
         layers = [KnownNoiseLinear(input_dim, self.noise_var)]
         if dropout > 0:  # MC dropout on the inputs: the only place a linear model can drop anything
             layers.insert(0, nn.Dropout(dropout))

@@ -35,7 +35,8 @@ class ViT(Model):
     takes_images: ClassVar[bool] = True
 
     def problems(self) -> str | None:
-        values = {name: getattr(self, name) for name in ("dim", "depth", "head_dim", "patch", "max_patches", "mlp_ratio")}
+        values = {name: getattr(self, name)
+                  for name in ("dim", "depth", "head_dim", "patch", "max_patches", "mlp_ratio")}
         if any(v <= 0 for v in values.values()):
             return "model." + ", ".join(values) + f" must all be > 0, got {tuple(values.values())}"
         if self.dim % self.head_dim:
@@ -98,7 +99,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
+        # 3 x (B, h, T, d)
+        q, k, v = self.qkv(self.norm1(x)).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         attention = (q @ k.transpose(-2, -1) * (dim // self.heads) ** -0.5).softmax(-1)  # (B, h, T, T)
         mixed = (attention @ v).transpose(1, 2).reshape(batch, tokens, dim)  # (B, T, dim)
         x = x + self.drop(self.proj(mixed))

@@ -108,7 +108,8 @@ def _coverage_lines(fits: pd.DataFrame, holdout: bool) -> list[str]:
         if checked:
             parts.append(f"largest {name}: {inside}/{checked} ({100 * inside / checked:.0f}%) of held-out points "
                          f"inside the nominal 95% prediction band of the chosen law "
-                         f"(AICc's choice: {aicc_inside}/{aicc_checked}, {100 * aicc_inside / max(aicc_checked, 1):.0f}%)")
+                         f"(AICc's choice: {aicc_inside}/{aicc_checked}, "
+                         f"{100 * aicc_inside / max(aicc_checked, 1):.0f}%)")
     return ["Holdout coverage, " + "; ".join(parts) + "." if parts else "No holdout could be made."]
 
 
@@ -177,11 +178,13 @@ def appendix(fits: pd.DataFrame, fitted, table: pd.DataFrame, target_eu: float |
     chosen = fits[fits["chosen"] & (fits["axis"] == "n")].to_dict("records")
     lines = ["## Appendix", "", "Every (curve, law) with all parameters, intervals, AICc and checks: `fits.csv`.", "",
              "### Chosen laws against N", "",
-             "| method | size | split | metric | law | γ (power) [CI] | law's exponent [CI] | at 10x max N [95% PI] | trend | flags |",
+             "| method | size | split | metric | law | γ (power) [CI] | law's exponent [CI] "
+             "| at 10x max N [95% PI] | trend | flags |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in chosen:
         lines.append(f"| {r['method']} | {_size(r)} | {r['split']} | {r['metric']} | {r['law']} | "
-                     f"{tables.format_interval(r, 'gamma')} | {r['exponent_name']} = {tables.format_interval(r, 'exponent')} | "
+                     f"{tables.format_interval(r, 'gamma')} | "
+                     f"{r['exponent_name']} = {tables.format_interval(r, 'exponent')} | "
                      f"{_prediction_at_10x(r)} | {r['trend']} | {r['flags']} |")
     lines += [""] + _x_star(chosen, target_eu) + _unfit(fits) + _left_out(table) + _dropped(fitted)
     return lines
@@ -217,7 +220,8 @@ def _x_star(chosen, target_eu) -> list[str]:
              "| method | size | split | largest N run | N needed [CI] |", "|---|---|---|---|---|"]
     for r in rows:
         needed = _needed(r)
-        lines.append(f"| {r['method']} | {_size(r)} | {r['split']} | {r['x_10x'] / scaling.BEYOND_FACTOR:.4g} | {needed} |")
+        lines.append(f"| {r['method']} | {_size(r)} | {r['split']} | "
+                     f"{r['x_10x'] / scaling.BEYOND_FACTOR:.4g} | {needed} |")
     return lines + [""]
 
 

@@ -159,7 +159,8 @@ def _warm_start(problems: list[_Problem]) -> None:
     start = np.clip([[p.start[q] for q in law.params] for p in problems], low, high)
     xs = [np.stack([p.xs[j] for p in problems]) for j in range(len(law.independent))]
     minima = solver.refit_many(law, xs, np.stack([p.y for p in problems]), np.stack([p.w for p in problems]),
-                               start, low, high, solver.POINT_ITERATIONS, np.arange(len(problems)), solver.POINT_PLATEAU)
+                               start, low, high, solver.POINT_ITERATIONS, np.arange(len(problems)),
+                               solver.POINT_PLATEAU)
     for p, minimum in zip(problems, minima):
         if np.all(np.isfinite(minimum)):
             p.start = dict(zip(law.params, minimum))

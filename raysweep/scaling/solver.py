@@ -166,7 +166,8 @@ def _damped_step(JtJ, descent, damping, theta, low, high, segments):
     crossing = ~held & ((theta + step < low) | (theta + step > high))
     again = np.flatnonzero(crossing.any(axis=1))
     if len(again):
-        to_bound = np.where(crossing[again], np.clip(theta[again] + step[again], low[again], high[again]) - theta[again], 0.0)
+        to_bound = np.where(crossing[again],
+                            np.clip(theta[again] + step[again], low[again], high[again]) - theta[again], 0.0)
         rhs = descent[again] - (JtJ[again] @ to_bound[..., None])[..., 0]
         free = ~held[again] & ~crossing[again]
         step[again] = _solve_free(JtJ[again], rhs, damping[again], free, segments[again]) + to_bound

@@ -210,7 +210,8 @@ class Vision(Task):
 
     def ood_sets(self) -> tuple[str, ...]:
         others = [name for name in DATASETS if name != self.dataset]
-        if self.root and not self._bad_location():  # offer only what is there, so a missing folder is refused before training
+        # offer only what is there, so a missing folder is refused before training
+        if self.root and not self._bad_location():
             others = [name for name in others if self._local(name).is_dir()]
         return (*others, "noise")
 
