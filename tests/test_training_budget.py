@@ -99,8 +99,11 @@ def test_vi_runs_on_the_language_model_smoke_experiment(root):
     e = E.smoke(E.load(root / "experiments" / "lm.py"))
     e = E.apply_overrides(e, ["grid.methods=vi", "grid.n=2048"]).validate()
     rows = run_cell(E.cells(e)[0], report=lambda rows: None)
-    assert [r["status"] for r in rows] == ["ok"] * len(rows) and len(rows) == 1 + len(e.grid.ood)
-    assert all(math.isfinite(r["nll"]) for r in rows if r["split"] == "test")
+    # one smoke epoch of a byte-level LM is near chance: the quality gate may call it degenerate, but
+    # the cell must run (it crashed with a plate shape mismatch) and score every split
+    assert len(rows) == 1 + len(e.grid.ood) and {r["status"] for r in rows} <= {"ok", "degenerate"}
+    assert all(math.isfinite(r["nll"]) and r["epistemic"] >= 0 for r in rows if r["split"] == "test")
+    assert all(r["eval_hash"] for r in rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,7 +138,9 @@ class Posterior:
         device = next(iter(self.draws.values())).device
         with pyro.get_param_store().scope(self.store_state):
             predictive = Predictive(self.model, posterior_samples=self.draws, return_sites=["outputs"])
-            outputs = predictive(x.to(device))["outputs"].to(x.device)  # (S, B, out)
+            # (S, 1, B, out): Predictive puts one size-1 dim per plate of the model ("data") before a
+            # site outside every plate, as "outputs" is; the model has that one plate, so dim 1 goes.
+            outputs = predictive(x.to(device))["outputs"].to(x.device).squeeze(1)  # (S, B, out)
         if self.kind == CLASSIFICATION:
             return outputs.softmax(-1)  # (S, B, C)
         return outputs[..., 0], outputs[..., 1]  # (S, B) means and variances
