@@ -36,7 +36,7 @@ def test_a_sweep_spreads_over_the_nodes_and_completes_the_store(root, tmp_path, 
     assert main(args) == 0
     table = store.load(store.results_dir(tmp_path / "runs", "digits"))
     assert table.column("cell_id").unique().to_pylist().__len__() == 6  # 2 N x 3 seeds
-    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert set(table.column("status").to_pylist()) <= set(store.DONE)
     assert len(set(table.column("node").to_pylist())) == 2  # cells ran on both worker nodes
 
 
@@ -78,7 +78,7 @@ def test_cells_of_a_removed_node_are_rescheduled_within_their_retry_bound(root, 
     assert outcome.get("code") == 0
     table = store.load(results)
     failed = [error for status, error in zip(table.column("status").to_pylist(), table.column("error").to_pylist())
-              if status != "ok"]
+              if status == "failed"]
     if failed:
         # A Ray Tune race, seen once in ~10 runs: the dead actor had two calls in flight, the first
         # failure puts the trial back to PENDING for its retry and the second then errors it
@@ -88,7 +88,7 @@ def test_cells_of_a_removed_node_are_rescheduled_within_their_retry_bound(root, 
         assert main(args) == 0
         table = store.load(results)
     assert table.column("cell_id").unique().to_pylist().__len__() == 6
-    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert set(table.column("status").to_pylist()) <= set(store.DONE)
     retries = [line for line in capsys.readouterr().out.splitlines() if "retrying" in line]
     labels = [line.split("retrying ")[1].split(" ")[0] for line in retries]
     assert all(labels.count(label) <= 2 for label in labels)  # no cell beyond its retry bound

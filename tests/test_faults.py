@@ -56,7 +56,7 @@ def test_a_worker_killed_mid_cell_is_retried_and_written_once(root, tmp_path):
     results = store.results_dir(tmp_path, "digits")
     table = store.load(results)
     assert set(table.column("cell_id").to_pylist()) == expected_cells(root)
-    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert set(table.column("status").to_pylist()) <= set(store.DONE)
     files = [p.name.split(".")[0] for p in results.glob("*.parquet")]
     assert sorted(files) == sorted(set(files))  # exactly one file (one final row set) per cell
 
@@ -105,7 +105,7 @@ def test_a_worker_killed_mid_chunk_reruns_only_the_cells_not_yet_stored(root, tm
     assert "retrying" in output and "1 trial(s) of up to 4 cell(s)" in output
     table = store.load(results)
     assert set(table.column("cell_id").to_pylist()) == expected_cells(root, "grid.seeds=0,1")
-    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert set(table.column("status").to_pylist()) <= set(store.DONE)
     files = [p.name.split(".")[0] for p in results.glob("*.parquet")]
     assert sorted(files) == sorted(set(files))  # no cell run twice: a rerun would add a second attempt file
     for name, content in stored.items():

@@ -51,7 +51,7 @@ def test_every_experiment_file_runs_in_smoke_mode(experiment, tmp_path):
     assert main([str(experiment), "--smoke", "--output", str(tmp_path), "--no-dashboard"]) == 0
     name = next((tmp_path).iterdir()).name
     table = store.load(store.results_dir(tmp_path, name)).to_pandas()
-    assert (table.status == "ok").all() and table.cell_id.nunique() >= 2
+    assert table.status.isin(store.DONE).all() and table.cell_id.nunique() >= 2  # smoke cells may be at chance
     assert (tmp_path / name / "report" / "report.md").exists()
 
 

@@ -62,7 +62,7 @@ def test_cells_of_lora_ensemble_and_laplace_lora_store_finite_uncertainty(pretra
         store.write_cell(tmp_path, rows)
     finals = store.load(tmp_path).to_pandas()
     assert sorted(finals["split"].unique()) == ["other_domain", "shuffled", "test"]
-    assert (finals["status"] == "ok").all() and len(finals) == 6
+    assert finals["status"].isin(store.DONE).all() and len(finals) == 6  # a tiny random base may be at chance
     for key in ("total", "aleatoric", "epistemic"):
         assert finals[key].map(math.isfinite).all()
     assert (finals["epistemic"] > 0).all()
@@ -146,7 +146,7 @@ def test_next_token_lora_on_the_text_task_with_sampled_fisher(pretrained, tmp_pa
                      methods=MethodOptions(lora_laplace=lora_laplace.Options(curvature="mc", samples=3))).validate()
     (cell,) = E.cells(e)
     (row,) = run_cell(cell, lambda rows: None)
-    assert row["status"] == "ok" and math.isfinite(row["total"]) and row["epistemic"] > 0
+    assert row["status"] in store.DONE and math.isfinite(row["total"]) and row["epistemic"] > 0
     data = task.load(16 * 2, 0, [], 32)
     with pytest.raises(ValueError, match="curvature='ggn' needs one backward pass per class.*use curvature='mc'"):
         METHODS["lora_laplace"].fit(data, LoRA(pretrained=pretrained, head="lm", rank=RANK),
@@ -155,7 +155,7 @@ def test_next_token_lora_on_the_text_task_with_sampled_fisher(pretrained, tmp_pa
 
 def test_clear_errors_for_models_tasks_and_sources(pretrained, corpus):
     def experiment(model, task, method="lora_laplace"):
-        return E.Experiment(name="bad", task=task, model=model, grid=E.Grid(n=(10,), sizes=(2,), methods=(method,)))
+        return E.Experiment(name="bad", task=task, model=model, grid=E.Grid(n=(40,), sizes=(2,), methods=(method,)))
 
     with pytest.raises(E.ExperimentError, match="lora_laplace puts its Gaussian on LoRA adapters: it needs model"):
         experiment(E.MODELS["mlp"](), E.TASKS["regression"]()).validate()

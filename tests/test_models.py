@@ -80,8 +80,9 @@ def test_mc_dropout_on_an_image_model_gives_varying_samples():
 def test_image_shapes_that_do_not_fit_are_refused_with_clear_messages():
     flat, images = Digits(), Digits(as_images=True)
     assert CNN().problems_with(images) is None
-    assert "model CNN takes images (N, C, H, W), but task Digits(n_test=397, as_images=False) gives flat" \
-        in CNN().problems_with(flat)
+    message = CNN().problems_with(flat)
+    assert "model CNN takes images (N, C, H, W), but task Digits(n_test=397, as_images=False" in message
+    assert "gives flat vectors" in message
     assert "model WideResNet takes images" in WideResNet().problems_with(flat)
     assert ViT(patch=4, max_patches=4).problems_with(images) is None
     assert ViT(patch=3).problems_with(images) == (

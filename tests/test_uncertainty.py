@@ -160,7 +160,8 @@ def test_the_members_axis_evaluates_nested_sub_ensembles_of_one_pool(root):
 
     e = E.apply_overrides(E.load(root / "experiments" / "digits.py"),
                           ["grid.methods=ensemble", "grid.n=200", "grid.sizes=8", "grid.seeds=0", "grid.ood=",
-                           "grid.members=1,2,4", "methods.ensemble.members=4", "train.epochs=2", "train.min_steps=0"])
+                           "grid.members=1,2,4", "methods.ensemble.members=4", "train.until=fixed", "train.epochs=2",
+                           "train.min_steps=0"])
     e.validate()
     (cell,) = E.cells(e)
     rows = {row["members"]: row for row in run_cell(cell, lambda rows: None) if row["split"] == "test"}
@@ -171,10 +172,9 @@ def test_the_members_axis_evaluates_nested_sub_ensembles_of_one_pool(root):
     # the same pool, refitted outside the cell (same seed), scored by the oracle
     from raysweep.cell import seed_everything
     from raysweep.models.mlp import MLP
-    from raysweep.tasks.vision import Digits
 
     seed_everything(0)
-    data = Digits().load(200, 0, [], e.eval.max_examples)
+    data = e.task.load(200, 0, [], e.eval.max_examples)
     options = METHODS["ensemble"].Options(members=4)
     model = MLP(**{k: v for k, v in cell["model"].items() if k != "name"})
     posterior = METHODS["ensemble"].fit(data, model, options, E.Train(**cell["train"]), 0, lambda *a: None)
