@@ -169,3 +169,32 @@ def test_configurations_are_never_pooled_and_sub_ensembles_stay_out_of_the_main_
     for method, amplitude in (("ensemble (train.lr=0.001)", 1.0), ("ensemble (train.lr=0.01)", 3.0)):
         (row,) = power[power.method == method].itertuples()
         assert row.b == pytest.approx(0.5, abs=0.03) and row.a == pytest.approx(amplitude, rel=0.15)
+
+
+def test_laws_in_compute_and_in_ensemble_size_are_fitted_from_their_own_rows(tmp_path):
+    """EU = 5·C^-0.3 over the cells' stored compute, and EU(m) = 0.2·m^-0.5 over a pool's first m
+    members (grid.members rows): each law comes back from its own axis."""
+    rng = np.random.default_rng(2)
+    results = tmp_path / "results"
+    for n in (100, 200, 400, 800, 1600):
+        for width in (8, 32):
+            for seed in range(3):
+                flops = 6.0 * 100 * width * n * 10
+                base = {"cell_id": f"{n}-{width}-{seed}", "attempt": "0", "task": "toy", "model": "mlp", "size": width,
+                        "size_knob": "width", "params": 100 * width, "n": n, "method": "ensemble", "seed": seed,
+                        "split": "test", "kind": "final", "status": "ok", "train_flops": flops}
+                noise = lambda: np.exp(rng.normal(0, 0.02))  # noqa: E731
+                rows = [base | {"epistemic": 5 * flops ** -0.3 * noise(), "total": 1.0}]
+                rows += [base | {"members": m, "epistemic": 0.2 * m ** -0.5 * noise(), "total": 1.0}
+                         for m in (2, 4, 8, 16)]
+                store.write_cell(results, rows)
+    report.write(results, tmp_path / "report", n_boot=20, plots=False)
+    fits = pd.read_parquet(tmp_path / "report" / "fits.parquet")
+    power = fits[(fits.law == "power") & (fits.metric == "epistemic")]
+    (compute,) = power[power.axis == "compute"].itertuples()
+    assert compute.b == pytest.approx(0.3, abs=0.02) and compute.a == pytest.approx(5, rel=0.3)
+    members = power[power.axis == "members"]
+    assert len(members) == 5 * 2  # one curve per (size, N)
+    assert np.allclose(members.b, 0.5, atol=0.05) and np.allclose(members.a, 0.2, rtol=0.1)
+    main = power[power.axis == "n"]  # C ∝ N at each width: slope 0.3, which the members rows (flat in N) would flatten
+    assert np.allclose(main.b, 0.3, atol=0.03)

@@ -4,6 +4,8 @@ Curves, for each (task, method, split, metric):
     axis "n"       y against N at each model size (one curve per size)
     axis "params"  y against P (parameter count) at each N, for methods that have a model
     axis "joint"   y against (N, P) with E + A·N^(-α) + B·P^(-β)
+    axis "compute" y against C, the training FLOPs each cell ran (train_flops), over every N and size
+    axis "members" y against m, the first m members/samples of each cell's pool (grid.members rows)
 Only positive quantities are fitted in logs. Gaussian regression's total and aleatoric
 uncertainty are differential entropies (they can be ≤ 0): shown, never log-fitted; its EU and the
 variance forms are fitted instead.
@@ -29,9 +31,11 @@ AXES = {  # axis -> (columns that fix the other variables, the x columns)
     "n": (["task", "method", "model", "size", "split"], ["n"]),
     "params": (["task", "method", "model", "n", "split"], ["params"]),
     "joint": (["task", "method", "model", "split"], ["n", "params"]),
+    "compute": (["task", "method", "model", "split"], ["train_flops"]),
+    "members": (["task", "method", "model", "size", "n", "split"], ["members"]),
 }
 CURVE_ID = ["task", "method", "model", "split", "metric", "axis", "size", "at_n"]
-HOLDOUT_DROPS = {"n": [("n", 0)], "params": [("p", 0)], "joint": [("n", 0), ("p", 1)]}
+HOLDOUT_DROPS = {"n": [("n", 0)], "params": [("p", 0)], "joint": [("n", 0), ("p", 1)], "compute": [], "members": []}
 
 
 @dataclass(eq=False)  # hashed by identity: curves key the holdout refits
@@ -67,21 +71,35 @@ def fitted_metrics(group: pd.DataFrame) -> tuple[str, ...]:
 
 def curves(results: pd.DataFrame):
     """Every curve in the finished rows, with its x arrays, y and seeds, before any fitting."""
-    has_model = results["size"].notna()
     for axis, (fixed, x_columns) in AXES.items():
-        rows = results if axis == "n" else results[has_model]  # no model, no P axis
+        rows = _rows_of(results, axis)
         for key, group in rows.groupby(fixed, dropna=False, sort=True):
             key = dict(zip(fixed, key))
-            if axis != "n" and group["params"].nunique() < 2:
-                continue  # one model size: there is no P axis to fit along
+            if group[x_columns[-1]].nunique() < 2 or (axis in ("params", "joint") and group["params"].nunique() < 2):
+                continue  # one value: there is no axis to fit along
             for metric in fitted_metrics(group):
                 if metric not in group or group[metric].isna().all():
                     continue
                 label = {"task": key["task"], "method": key["method"], "model": key["model"],
                          "split": key["split"], "metric": metric, "axis": axis,
-                         "size": key.get("size"), "at_n": key.get("n") if axis == "params" else None}
+                         "size": key.get("size"), "at_n": key.get("n") if axis in ("params", "members") else None}
                 yield Curve(label, [group[c].to_numpy(float) for c in x_columns], group[metric].to_numpy(float),
                             group["seed"].to_numpy(), group["cell_id"].to_numpy())
+
+
+def _rows_of(results: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """The rows an axis fits: sub-ensemble rows (grid.members) only on the members axis; no P axis
+    without a model; compute only where cells trained (train_flops > 0)."""
+    members = results["members"] if "members" in results else pd.Series(np.nan, index=results.index)
+    if axis == "members":
+        return results[members.notna()]
+    rows = results[members.isna()]
+    if axis in ("params", "joint"):
+        return rows[rows["size"].notna()]
+    if axis == "compute":
+        flops = rows["train_flops"] if "train_flops" in rows else pd.Series(np.nan, index=rows.index)
+        return rows[flops > 0]
+    return rows
 
 
 def fit_curves(part: list[Curve], n_boot: int, seed: int, holdout: bool) -> list[Curve]:

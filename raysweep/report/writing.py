@@ -28,8 +28,10 @@ def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep r
     replaced = _replaced(out_dir / "settings.json", settings)
     raw = store.load(results_dir).to_pandas()
     table = _configurations(raw)
+    fitted_rows = table[table["status"] == "ok"]  # every axis, the members axis's sub-ensemble rows too
+    fitted = fit_all(fitted_rows, n_boot, seed, holdout, workers) if len(fitted_rows) else []
+    table = _all_members(table)
     ok = table[table["status"] == "ok"]
-    fitted = fit_all(ok, n_boot, seed, holdout, workers) if len(ok) else []
     fits = tables.fits_frame(fitted, target_eu)
     fits.to_parquet(out_dir / "fits.parquet", index=False)
     fits.to_csv(out_dir / "fits.csv", index=False)
@@ -45,7 +47,7 @@ def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep r
     lines += [""] + summary_markdown(fits, ok, table, holdout)
     lines += [f"![{path.stem}]({path.name})" for path in figures] + [""]
     if "exact" in set(ok["method"]) and len(set(ok["method"])) > 1:  # a ground truth to compare with
-        lines += fidelity.section(raw[raw["members"].isna()] if "members" in raw else raw, out_dir)
+        lines += fidelity.section(_all_members(raw), out_dir)
         lines += ["![fidelity](fidelity.png)", ""] if (out_dir / "fidelity.png").exists() else []
     lines += checklist(fits, ok, n_boot, holdout, shown)
     lines += appendix(fits, fitted, table, target_eu)
@@ -56,12 +58,16 @@ def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep r
 
 
 def _configurations(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows the fits see: all S members/samples (sub-ensemble rows of grid.members are another
-    axis), and each method named by its configuration, so that cells differing in anything but N,
-    size and seed never share a curve (variants.labels)."""
-    if "members" in table:
-        table = table[table["members"].isna()]
+    """Each method named by its configuration, so that cells differing in anything but N, size and
+    seed never share a curve (variants.labels). Sub-ensemble rows (grid.members) stay: they are the
+    members axis and nothing else (curves._rows_of)."""
     return table.assign(method=variants.labels(table)) if len(table) else table
+
+
+def _all_members(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each cell's whole posterior (all S), what every table and figure but the members
+    axis's fits describes."""
+    return table[table["members"].isna()] if "members" in table else table
 
 
 def _replaced(path: Path, settings: dict) -> str:
