@@ -6,6 +6,8 @@ scalars: never (S, examples, classes) for the whole set, and never the whole pre
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from raysweep import uncertainty as U
@@ -15,14 +17,25 @@ BATCH = 256  # examples per batch at most
 PREDICTION_BUDGET = 2**25  # elements of one batch's predictions: 256 MiB once made float64
 
 
+# Temperature scaling fits on at most this many scored validation predictions (each a row of C
+# log-probabilities): a language model's validation split would otherwise be held whole.
+TEMPERATURE_BUDGET = 2**24
+
+
 def evaluate(posterior, data: TaskData, ece_bins: int = 15) -> dict[str, dict[str, float]]:
-    """Metrics per evaluation split ("test" first). OOD splits also get AUROC against "test"."""
-    per_split = {name: _scores(posterior, x, y, data.kind) for name, (x, y) in data.eval_sets.items()}
+    """Metrics per evaluation split ("test" first). OOD splits also get AUROC against "test".
+    Classification with a validation split (the converged budget's) also gets NLL and ECE after
+    temperature scaling fitted on that split (`nll_ts`, `ece_ts`, `temperature`)."""
+    temperature = fit_temperature(posterior, data)
+    per_split = {name: _scores(posterior, x, y, data.kind, temperature) for name, (x, y) in data.eval_sets.items()}
     metrics = {}
     for name, scores in per_split.items():
         row = _spread(scores)
         if "nll" in scores:
             row |= _fit_quality(scores, ece_bins)
+        if "nll_ts" in scores:
+            row |= {"temperature": temperature, "nll_ts": scores["nll_ts"].mean().item(),
+                    "ece_ts": U.calibration_error(scores["confidence_ts"], scores["correct"], ece_bins)}
         if name != "test":
             test = per_split["test"]
             for score in ("epistemic", "total"):
@@ -46,26 +59,64 @@ class FirstSamples:
         return prediction[: self.m]  # (S, B, C) or (S, B, T, V)
 
 
-def _scores(posterior, x: torch.Tensor, y: torch.Tensor | None, kind: str) -> dict[str, torch.Tensor]:
-    """Per-example scores, flattened over tokens when the predictions are per token. The first batch
-    is one example, to measure a prediction's size; later batches hold at most PREDICTION_BUDGET
-    elements of (S, B, …, C), so a large vocabulary and many members shrink the batch, not the machine."""
-    batches, start, size = [], 0, 1
+def fit_temperature(posterior, data: TaskData) -> float | None:
+    """T minimising the validation NLL of the tempered predictive p̄^(1/T) / Σ p̄^(1/T) (Guo et al.,
+    2017, applied to the posterior predictive p̄ rather than to one network's logits); None without
+    a labelled validation split or for regression. Accuracy does not change: the argmax is kept."""
+    validation = data.extras.get("validation")
+    if data.kind == REGRESSION or validation is None:
+        return None
+    x, y = validation
+    log_p, labels, rows = [], [], 0
+    for prediction, batch_labels in _batches(posterior, x, y):
+        probs = prediction.double().flatten(1, -2)  # (S, B·T, C)
+        batch_labels = batch_labels.reshape(-1).to(probs.device)
+        scored = batch_labels != IGNORE_INDEX
+        log_p.append(probs[:, scored].mean(0).clamp_min(1e-300).log().cpu())
+        labels.append(batch_labels[scored].cpu())
+        rows += int(scored.sum()) * probs.shape[-1]
+        if rows >= TEMPERATURE_BUDGET:
+            break
+    log_p, labels = torch.cat(log_p), torch.cat(labels)
+    if len(labels) == 0:
+        return None
+    from scipy.optimize import minimize_scalar  # here: scipy.optimize costs every worker a second to import
+
+    def nll(log_t: float) -> float:
+        return torch.nn.functional.cross_entropy(log_p / math.exp(log_t), labels).item()
+
+    return math.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x)
+
+
+def _batches(posterior, x: torch.Tensor, y: torch.Tensor | None):
+    """(predictions, labels) of x in batches: the first of one example, to measure a prediction's
+    size; later ones hold at most PREDICTION_BUDGET elements of (S, B, …, C), so a large vocabulary
+    and many members shrink the batch, not the machine."""
+    start, size = 0, 1
     while start < len(x):
         labels = None if y is None else y[start:start + size]
         prediction = posterior.predict(x[start:start + size])
+        yield prediction, labels
+        examples = min(size, len(x) - start)  # the last batch may be short
+        parts = prediction if isinstance(prediction, tuple) else [prediction]
+        per_example = sum(p.numel() for p in parts) // examples
+        start += size
+        size = max(1, min(BATCH, PREDICTION_BUDGET // per_example))
+
+
+def _scores(posterior, x: torch.Tensor, y: torch.Tensor | None, kind: str,
+            temperature: float | None = None) -> dict[str, torch.Tensor]:
+    """Per-example scores, flattened over tokens when the predictions are per token (see _batches)."""
+    batches = []
+    for prediction, labels in _batches(posterior, x, y):
         if kind == REGRESSION:
             batches.append(_regression_scores(*prediction, labels))
         else:
-            batches.append(_classification_scores(prediction, labels))
-        examples = min(size, len(x) - start)  # the last batch may be short
-        per_example = sum(p.numel() for p in (prediction if kind == REGRESSION else [prediction])) // examples
-        start += size
-        size = max(1, min(BATCH, PREDICTION_BUDGET // per_example))
+            batches.append(_classification_scores(prediction, labels, temperature))
     return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
 
 
-def _classification_scores(probs: torch.Tensor, labels) -> dict[str, torch.Tensor]:
+def _classification_scores(probs: torch.Tensor, labels, temperature: float | None = None) -> dict[str, torch.Tensor]:
     probs = probs.double().flatten(1, -2)  # (S, B, C), or (S, B·T, V) for language models
     if labels is not None:
         labels = labels.reshape(-1).to(probs.device)
@@ -82,6 +133,10 @@ def _classification_scores(probs: torch.Tensor, labels) -> dict[str, torch.Tenso
             "confidence": confidence,
             "brier": ((predictive - onehot) ** 2).sum(-1),
         }
+        if temperature is not None:  # the tempered predictive: log p̄ / T, renormalised
+            tempered = (predictive.clamp_min(1e-300).log() / temperature).log_softmax(-1)  # (B, C)
+            parts |= {"nll_ts": -tempered.gather(-1, labels[:, None])[:, 0],
+                      "confidence_ts": tempered.max(-1).values.exp()}
     return {key: value.cpu() for key, value in parts.items()}
 
 

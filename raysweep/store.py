@@ -30,6 +30,7 @@ METRICS = [
     "nll", "accuracy", "error_rate", "ece", "brier", "rmse",
     "auroc_epistemic", "auroc_total",
     "fpr95_epistemic", "fpr95_total", "aurc", "augrc",
+    "temperature", "nll_ts", "ece_ts",  # temperature scaling fitted on the validation split
 ]
 
 SCHEMA = pa.schema(

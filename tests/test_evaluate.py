@@ -49,3 +49,42 @@ def test_token_metrics_equal_the_decomposition_of_every_token_at_once():
     assert row["total"] == pytest.approx(expected["total"].mean().item(), rel=1e-12)
     assert row["nll"] == pytest.approx(U.nll(probs.mean(0), data.eval_sets["test"][1].reshape(-1)).mean().item(),
                                        rel=1e-12)
+
+
+class OverconfidentPosterior:
+    """Two members whose logits are 3x those that generated the labels: a temperature of about 3
+    calibrates their predictive. Inputs are the true logits (B, C)."""
+
+    def predict(self, logits):
+        return torch.stack([(3 * logits).softmax(-1), (3 * logits + 0.1).softmax(-1)])  # (S=2, B, C)
+
+
+def overconfident_data(n=4000, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2 * n, classes, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(logits.softmax(-1), 1, generator=g)[:, 0]
+    return TaskData(kind=CLASSIFICATION, train_x=logits[:1], train_y=labels[:1], n_classes=classes,
+                    eval_sets={"test": (logits[n:], labels[n:])}, extras={"validation": (logits[:n], labels[:n])})
+
+
+def test_temperature_scaling_minimises_the_validation_nll_and_calibrates_the_test_set():
+    data = overconfident_data()
+    posterior = OverconfidentPosterior()
+    temperature = ev.fit_temperature(posterior, data)
+    # an independent search: NLL of the tempered predictive on the validation split over a fine grid
+    val_x, val_y = data.extras["validation"]
+    log_p = posterior.predict(val_x).mean(0).log()
+    grid = torch.linspace(1, 6, 2001, dtype=torch.float64)
+    nlls = torch.stack([torch.nn.functional.cross_entropy(log_p / t, val_y) for t in grid])
+    assert temperature == pytest.approx(grid[nlls.argmin()].item(), abs=0.01)
+    assert temperature == pytest.approx(3, rel=0.1)  # the logits were sharpened 3x
+    test = ev.evaluate(posterior, data)["test"]
+    assert test["nll_ts"] < test["nll"] and test["ece_ts"] < 0.5 * test["ece"]
+    assert test["temperature"] == temperature
+
+
+def test_no_temperature_without_a_validation_split():
+    data = overconfident_data()
+    data.extras.clear()
+    assert ev.fit_temperature(OverconfidentPosterior(), data) is None
+    assert "nll_ts" not in ev.evaluate(OverconfidentPosterior(), data)["test"]
