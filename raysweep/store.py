@@ -287,8 +287,9 @@ def _index_entry(path: Path) -> tuple[str, str, str | None] | None:
     """(cell id, attempt, status of its final rows or None) of one result file; None if the file
     is unreadable (then moved aside) or gone."""
     try:
-        problem = _schema_problem(pq.read_schema(path))
-        table = None if problem else pq.read_table(path, columns=["cell_id", "attempt", "kind", "status"])
+        with pq.ParquetFile(path) as parquet:  # one open: the footer gives the schema, then four columns
+            problem = _schema_problem(parquet.schema_arrow)
+            table = None if problem else parquet.read(columns=["cell_id", "attempt", "kind", "status"])
     except FileNotFoundError:
         return None
     except (pa.ArrowException, OSError) as exc:

@@ -135,10 +135,10 @@ def test_the_resume_index_agrees_with_the_rows_and_opens_only_new_files(tmp_path
     assert store.finished_cells(results) == finished_by_definition(results)
     assert store.index_path(results).is_file()
 
-    opened = []
-    real_read_table = pq.read_table
-    monkeypatch.setattr(pq, "read_table",
-                        lambda path, *a, **k: opened.append(str(path)) or real_read_table(path, *a, **k))
+    opened = []  # every Parquet file opened, whichever pyarrow entry point opens it
+    for name in ("read_table", "read_schema", "ParquetFile"):
+        real = getattr(pq, name)
+        monkeypatch.setattr(pq, name, lambda path, *a, real=real, **k: opened.append(str(path)) or real(path, *a, **k))
     store.write_cell(results, rows("c3", "999", splits=(None,), status="failed"))  # a new, later attempt
     new_ok = store.write_cell(results, rows("new", "001"))
     done = store.finished_cells(results)
