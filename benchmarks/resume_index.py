@@ -69,6 +69,7 @@ def main() -> None:
         store.index_path(results).unlink(missing_ok=True)
         seconds, cold = timed(lambda: store.finished_cells(results))
         times["cold"].append(seconds)
+        print(f"cold {seconds:.1f} s (load average {os.getloadavg()[0]:.1f})", flush=True)
         seconds, warm = timed(lambda: store.finished_cells(results))
         times["warm"].append(seconds)
         assert warm == cold
@@ -80,7 +81,7 @@ def main() -> None:
             times["load"].append(seconds)
             ok = table.filter(pc.equal(table.column("status"), "ok"))
             assert set(ok.column("cell_id").to_pylist()) == warm | {f"extra{repeat}"}  # the index agrees with the rows
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v), flush=True)
     print(f"\n{args.cells:,} cells, median of {args.repeats} (load average now {os.getloadavg()[0]:.1f}):")
     for name, values in times.items():
         if values:
