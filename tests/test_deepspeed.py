@@ -67,7 +67,7 @@ def test_a_language_model_cell_with_deepspeed_members_scores_every_token(root):
     epochs = [row for row in reported if row["kind"] == "epoch"]
     assert epochs and all(row["loss"] > 0 for row in epochs)
     final = {row["split"]: row for row in rows}
-    assert set(final) == {"test", "python_source"} and all(row["status"] in store.DONE for row in rows)
+    assert set(final) == {"test", *e.grid.ood} and all(row["status"] in store.DONE for row in rows)
     for row in rows:
         assert 0 < row["epistemic"] < row["total"] <= torch.log(torch.tensor(256.0)).item()
         assert row["total"] == pytest.approx(row["aleatoric"] + row["epistemic"], rel=1e-9)
@@ -109,7 +109,8 @@ def test_a_sweep_trains_deepspeed_members_on_ray_train_workers_inside_tune(root,
     assert main(args + [item for o in overrides for item in ("--set", o)]) == 0
 
     table = store.load(store.results_dir(tmp_path, "lm")).to_pandas()
-    assert len(table) == 2 * 2 and table["status"].isin(store.DONE).all() and table["node"].notna().all()
+    splits = 1 + len(E.load(root / "experiments" / "lm.py").grid.ood)  # test and every OOD set
+    assert len(table) == 2 * splits and table["status"].isin(store.DONE).all() and table["node"].notna().all()
     e = E.apply_overrides(E.smoke(E.load(root / "experiments" / "lm.py")), overrides)
     for cell in E.cells(e):
         alone = {row["split"]: row for row in run_cell(cell, ignore)}

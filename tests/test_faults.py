@@ -15,7 +15,10 @@ from raysweep import store
 pytestmark = pytest.mark.slow
 
 # Two cells of a few seconds each: long enough to be killed in the middle.
-SETTINGS = ["--smoke", "--no-dashboard", "--set", "grid.methods=ensemble", "--set", "train.epochs=1200"]
+# A fixed budget long enough that a kill lands mid-cell (digits' converged budget, capped by --smoke,
+# would end each cell within a second).
+SETTINGS = ["--smoke", "--no-dashboard", "--set", "grid.methods=ensemble", "--set", "train.until=fixed",
+            "--set", "train.epochs=1200"]
 
 
 def launch(root, output, *extra):
