@@ -113,6 +113,7 @@ def test_a_trial_that_fits_no_node_is_refused_before_it_hangs(root, tmp_path, ca
 @pytest.mark.slow
 def test_ctrl_c_exits_130_says_what_finished_and_writes_no_report(root, tmp_path):
     command = [sys.executable, "-m", "raysweep.launch", *digits_args(root, tmp_path, "--set", "grid.methods=ensemble",
+                                                                     "--set", "train.until=fixed",
                                                                      "--set", "train.epochs=3000")]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root)
     for line in driver.stdout:
