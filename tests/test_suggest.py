@@ -68,3 +68,80 @@ def test_reach_gradient_matches_the_closed_form():
 
 def test_a_design_that_cannot_fix_the_target_has_infinite_variance():
     assert design.target_variance("power", {"a": 1.0, "b": 0.5}, 0.01, [100.0, 100.0], design.Target("value", 1e4)) == math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI on a tiny synthetic store
+
+def write_store(results, n_values=(100, 200, 400, 800), seeds=(0, 1, 2), noise=0.1):
+    """Rows of two curves with a known power law: `exact` (no model) and an ensemble of width 16."""
+    from raysweep import store
+
+    rng = np.random.default_rng(0)
+    for method, size in (("exact", None), ("ensemble", 16)):
+        for n in n_values:
+            for seed in seeds:
+                cell = f"{method}-{n}-{seed}"
+                y = float(power_truth(n) * (2 if size else 1) * math.exp(rng.normal(0, noise)))
+                store.write_cell(results, [{"cell_id": cell, "attempt": "a", "kind": "final", "status": "ok",
+                                            "task": "regression", "method": method, "model": None if size is None else "mlp",
+                                            "size": size, "params": None if size is None else 1000, "n": n, "seed": seed,
+                                            "split": "test", "epistemic": y, "config": "{}"}])
+
+
+def test_cli_prints_proposals_and_writes_an_overlay_launch_can_take(tmp_path, capsys):
+    from raysweep import experiment as exp
+    from raysweep import suggest
+
+    write_store(tmp_path / "results")
+    assert suggest.main([str(tmp_path), "--target", "n=1e5", "--budget", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "target: epistemic at N=100000" in out and "exact" in out and "ensemble size 16" in out
+    assert "+ N=" in out or "+ seed" in out
+    lines = (tmp_path / "suggested.txt").read_text().splitlines()
+    sets = [line for line in lines if not line.startswith("#")]
+    assert any(line.startswith("# python -m raysweep.launch") for line in lines)
+    grid_n = [int(v) for v in sets[0].removeprefix("grid.n=").split(",")]
+    assert set(grid_n) >= {100, 200, 400, 800}  # existing values kept: their cells are not rerun
+    # the overlay applies to the regression experiment, and its new cells are at most the budget
+    e = exp.load("experiments/regression.py")
+    before = exp.apply_overrides(e, ["grid.n=100,200,400,800", "grid.seeds=0,1,2", *sets[2:]])
+    after = exp.apply_overrides(e, sets)
+    old_ids = {c["cell_id"] for c in exp.cells(before)}
+    new = [c for c in exp.cells(after) if c["cell_id"] not in old_ids]
+    assert 0 < len(new) <= 12 and all(c["method"] in ("exact", "ensemble") for c in new)
+
+
+def test_cli_ranked_per_cell_proposes_the_widest_lever_arm_and_per_flop_a_cheap_n(tmp_path, capsys):
+    """A power law (a straight line in logs) extrapolated 100x: per cell, the variance of the
+    prediction falls most with the N farthest from x*'s other side (least squares' lever arm), the
+    largest allowed; per unit of compute (∝ N) one of the cheap small N wins instead."""
+    from raysweep import suggest
+
+    write_store(tmp_path / "results")
+    overlay = tmp_path / "suggested.txt"
+    common = [str(tmp_path), "--target", "n=1e5", "--budget", "3", "--method", "exact", "--max-n", "8000"]
+    assert suggest.main(common + ["--rank-by", "cells"]) == 0
+    sets = [line for line in overlay.read_text().splitlines() if not line.startswith("#")]
+    assert sets == ["grid.n=100,200,400,800,8000", "grid.seeds=0,1,2", "grid.methods=exact"]
+    assert suggest.main(common) == 0
+    new_n = set(overlay.read_text().splitlines()[3].removeprefix("grid.n=").split(",")) - {"100", "200", "400", "800"}
+    assert len(new_n) == 1 and int(new_n.pop()) < 200
+
+
+@pytest.mark.parametrize("bad, why", [("1e6", "expected n=<N>"), ("n=abc", "'abc' is not a number"),
+                                      ("n=-5", "must be a finite number > 0, got -5"), ("p=10", "expected n=<N>")])
+def test_cli_refuses_a_bad_target_naming_the_value_and_the_format(tmp_path, capsys, bad, why):
+    from raysweep import suggest
+
+    with pytest.raises(SystemExit) as stop:
+        suggest.main([str(tmp_path), "--target", bad])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"--target {bad!r}" in err and why in err and "y=<level>" in err
+
+
+def test_cli_without_a_store_says_what_it_expected(tmp_path, capsys):
+    from raysweep import suggest
+
+    assert suggest.main([str(tmp_path), "--target", "n=1e5"]) == 2
+    assert f"no results store in {tmp_path}" in capsys.readouterr().err
