@@ -216,8 +216,9 @@ def describe(plan, fitted, state, steps, cost, cost_note, args) -> list[str]:
     if not steps:
         lines.append("no move fits the budget or lowers the variance: nothing to propose")
     for step in steps:
+        # the sum over curves of Var(log target): what the greedy lowers, comparable across curves
         lines.append(f"  + {step.move:<10} {step.cells:>4} cells  cost {step.cost:.3g}  "
-                     f"log-width after {design.width(step.variance):.3g}")
+                     f"Σ Var(log target) after {step.variance:.3g}")
     lines.append(f"total: {len(after)} new cells, cost {sum(cost(c) for c in after):.3g}")
     return lines
 
