@@ -88,13 +88,14 @@ def load_rows(run_dir: Path) -> pd.DataFrame:
     if results is None:
         raise SuggestError(f"no results store in {run_dir} (expected {run_dir}/results/*.parquet from "
                            "`python -m raysweep.launch`)")
-    table = store.load(results).to_pandas()
-    return table[table["status"] == "ok"]
+    return store.load(results).to_pandas()  # every status: a degenerate cell is done, launch won't rerun it
 
 
 def fitted_curves(rows: pd.DataFrame, args) -> list:
-    """The N-axis curves of the metric, fitted as the report fits them (no bootstrap needed)."""
+    """The N-axis curves of the metric, fitted as the report fits them (ok rows, no bootstrap needed)."""
     from raysweep.report.curves import curves, fit_curves
+
+    rows = rows[rows["status"] == "ok"]
 
     if args.metric not in rows or rows[args.metric].isna().all():
         raise SuggestError(f"--metric {args.metric!r}: the store has no values of it")
@@ -133,6 +134,9 @@ class Plan:
     of the grid's N and seeds for every curve, minus what the store holds."""
 
     def __init__(self, rows: pd.DataFrame, fitted: list):
+        from raysweep.store import DONE
+
+        rows = rows[rows["status"].isin(DONE)]  # the cells a launch would not run again
         names = rows["experiment"].dropna().unique() if "experiment" in rows else []
         self.experiment = names[0] if len(names) == 1 else None
         self.curves = {curve_key(c.key["method"], c.key["size"]): c for c in fitted}
