@@ -147,8 +147,8 @@ class Plan:
 
     def new_cells(self, state) -> list[tuple]:
         new_n, new_seeds = state
-        return [(key, n, s) for key in self.curves for n in self.n + sorted(new_n)
-                for s in self.seeds + sorted(new_seeds) if (key, n, s) not in self.have]
+        return [(key, n, s) for key in self.curves for n in sorted(set(self.n) | new_n)
+                for s in sorted(set(self.seeds) | new_seeds) if (key, n, s) not in self.have]
 
     def variance(self, cells, target) -> float:
         total = 0.0

@@ -150,3 +150,39 @@ def test_cli_without_a_store_says_what_it_expected(tmp_path, capsys):
 
     assert suggest.main([str(tmp_path), "--target", "n=1e5"]) == 2
     assert f"no results store in {tmp_path}" in capsys.readouterr().err
+
+
+def test_cli_costs_cells_by_the_plan_formula_with_an_experiment_file(tmp_path, capsys):
+    """The printed cost is --plan's FLOPs for the proposed cells, recomputed here from plan.estimate."""
+    from raysweep import experiment as exp
+    from raysweep import suggest
+    from raysweep.plan import estimate
+
+    write_store(tmp_path / "results")
+    assert suggest.main([str(tmp_path), "--target", "n=1e5", "--budget", "3", "--method", "ensemble",
+                         "--experiment", "experiments/regression.py"]) == 0
+    out = capsys.readouterr().out
+    assert "FLOPs by --plan's formula" in out
+    sets = [line for line in (tmp_path / "suggested.txt").read_text().splitlines() if not line.startswith("#")]
+    new_n = sorted(set(sets[0].removeprefix("grid.n=").split(",")) - {"100", "200", "400", "800"})
+    assert len(new_n) == 1
+    e = exp.apply_overrides(exp.load("experiments/regression.py"),
+                            [f"grid.n={new_n[0]}", "grid.seeds=0,1,2", "grid.methods=ensemble", "grid.sizes=16"])
+    expected = sum(cost.flops for cost in estimate(e))
+    assert f"total: 3 new cells, cost {expected:.3g}" in out
+
+
+def test_degenerate_cells_are_done_and_not_proposed_again(tmp_path):
+    from raysweep import store, suggest
+
+    write_store(tmp_path / "results")
+    store.write_cell(tmp_path / "results", [{"cell_id": "exact-1600-0", "attempt": "a", "kind": "final",
+                                             "status": "degenerate", "task": "regression", "method": "exact",
+                                             "n": 1600, "seed": 0, "split": "test", "config": "{}"}])
+    rows = suggest.load_rows(tmp_path)
+    args = suggest.parse_args([str(tmp_path), "--target", "n=1e5", "--method", "exact"])
+    plan = suggest.Plan(rows, suggest.fitted_curves(rows, args))
+    assert 1600 in plan.n  # the degenerate cell's N is in the grid already
+    cells = plan.new_cells((frozenset({1600}), frozenset()))
+    assert sorted(cells) == [(("exact", None), 1600, 1), (("exact", None), 1600, 2)]
+    assert plan.new_cells((frozenset(), frozenset())) == cells  # launch would run these two anyway
