@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m raysweep.suggest", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run folder (OUTPUT/<experiment>) holding results/")
     parser.add_argument("--target", required=True, help="n=<N> (the metric at N) or y=<level> (the N reaching it)")
-    parser.add_argument("--metric", default="epistemic", help="the metric whose curves to design for (default epistemic)")
+    parser.add_argument("--metric", default="epistemic", help="the metric to design for (default epistemic)")
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, metavar="K",
                         help=f"at most K new cells (default {DEFAULT_BUDGET})")
     parser.add_argument("--experiment", type=Path, default=None, metavar="PATH",

@@ -72,7 +72,8 @@ def test_reach_gradient_matches_the_closed_form():
 
 
 def test_a_design_that_cannot_fix_the_target_has_infinite_variance():
-    assert design.target_variance("power", {"a": 1.0, "b": 0.5}, 0.01, [100.0, 100.0], design.Target("value", 1e4)) == math.inf
+    one_n = [100.0, 100.0]  # an intercept, no slope: nothing extrapolates
+    assert design.target_variance("power", {"a": 1.0, "b": 0.5}, 0.01, one_n, design.Target("value", 1e4)) == math.inf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,10 +89,11 @@ def write_store(results, n_values=(100, 200, 400, 800), seeds=(0, 1, 2), noise=0
             for seed in seeds:
                 cell = f"{method}-{n}-{seed}"
                 y = float(power_truth(n) * (2 if size else 1) * math.exp(rng.normal(0, noise)))
+                model, params = (None, None) if size is None else ("mlp", 1000)
                 store.write_cell(results, [{"cell_id": cell, "attempt": "a", "kind": "final", "status": "ok",
-                                            "task": "regression", "method": method, "model": None if size is None else "mlp",
-                                            "size": size, "params": None if size is None else 1000, "n": n, "seed": seed,
-                                            "split": "test", "epistemic": y, "config": "{}"}])
+                                            "task": "regression", "method": method, "model": model, "size": size,
+                                            "params": params, "n": n, "seed": seed, "split": "test",
+                                            "epistemic": y, "config": "{}"}])
 
 
 def test_cli_prints_proposals_and_writes_an_overlay_launch_can_take(tmp_path, capsys):

@@ -22,8 +22,8 @@ from (for the power law J does not depend on θ at all; for the saturating and o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable
 
 import numpy as np
 
