@@ -113,11 +113,22 @@ def fitted_curves(rows: pd.DataFrame, args) -> list:
     for c in chosen:
         if c.best is None or not c.best.ok:
             print(f"[suggest] skipped {name(c)}: not fitted ({c.best.message if c.best else 'no law fits'})")
+        elif args.target.kind == "reach" and (why := unreachable(c.best, args.target.at)):
+            print(f"[suggest] skipped {name(c)}: {why}")  # no N to put an interval on
         else:
             usable.append(c)
     if not usable:
-        raise SuggestError("no curve could be fitted; run more cells first")
+        raise SuggestError("no curve is fitted with the target in reach (see the skipped lines above); "
+                           "run more cells or change --target")
     return usable
+
+
+def unreachable(fit, level: float) -> str | None:
+    try:
+        design.reach(fit.law, fit.values, level)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def name(curve) -> str:

@@ -188,3 +188,14 @@ def test_degenerate_cells_are_done_and_not_proposed_again(tmp_path):
     cells = plan.new_cells((frozenset({1600}), frozenset()))
     assert sorted(cells) == [(("exact", None), 1600, 1), (("exact", None), 1600, 2)]
     assert plan.new_cells((frozenset(), frozenset())) == cells  # launch would run these two anyway
+
+
+def test_a_level_no_curve_reaches_is_refused_naming_it(tmp_path, capsys):
+    """EU of the synthetic store falls as N^-0.5 without a floor, so every level > 0 is reached
+    at some N; a level above every fitted curve at N = 1e-3 is not (the curves start below it)."""
+    from raysweep import suggest
+
+    write_store(tmp_path / "results")
+    assert suggest.main([str(tmp_path), "--target", "y=1e6"]) == 2
+    captured = capsys.readouterr()
+    assert "never reaches 1e+06" in captured.out and "no curve is fitted with the target in reach" in captured.err
