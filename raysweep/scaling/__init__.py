@@ -6,6 +6,7 @@
     solver.py       the vectorised Levenberg-Marquardt the bootstraps refit with
     selection.py    AICc, or holdout error
     extrapolate.py  bands, N*, "beyond the data", holdout checks
+    design.py       which cells next: the greedy c-optimal design for one extrapolated target
 
 No torch, no pyro: numpy, scipy and lmfit only.
 """
