@@ -24,7 +24,6 @@ from raysweep import experiment as exp
 from raysweep import store
 from raysweep.experiment import ExperimentError, cell_label
 
-QUICK_BOOT = 200
 # Batching small cells (see auto_cells_per_trial): trials per parallel slot, and the most cells per trial.
 TRIALS_PER_SLOT = 5
 MAX_AUTO_CELLS_PER_TRIAL = 10
