@@ -10,6 +10,10 @@ Arms:
   one by one            a plain per-member loop with the same Adam (training.adam: fused)
   one by one, for-loop  the same loop with torch's default CPU Adam (per-parameter for-loop
                         implementation), as in the earlier rows of RESULTS-ensemble.md
+"matrix products alone" (MLP only) times nothing but the batched matrix products one vectorised
+step must do (the forward baddbmm of every layer, and the backward's weight- and input-gradient
+bmm), on tensors of the same shapes, for the same number of steps: the arithmetic floor, so
+one-by-one / floor is the most any vectorisation could gain here.
 All arms draw identical initialisations and data orders, so they train the same 8 networks; the
 script checks their test accuracies agree and reports min/median/max wall time over the repeats,
 the arms interleaved within each repeat. Results are written down in benchmarks/RESULTS-ensemble.md.
@@ -71,6 +75,25 @@ def one_by_one(data, nets, seed, make_optimizer):
         return torch.stack([net(data.eval_sets["test"][0]) for net in nets]).argmax(-1)
 
 
+def matmul_floor(nets, data) -> float:
+    """Seconds the vectorised arm's batched matrix products alone take over the whole run (MLP)."""
+    layers = [layer for layer in nets[0] if isinstance(layer, torch.nn.Linear)]
+    batch, steps = TRAIN.batch_size, -(-len(data.train_x) // TRAIN.batch_size) * EPOCHS
+    weights = [torch.randn(M, layer.out_features, layer.in_features) for layer in layers]
+    inputs = [torch.randn(M, layer.in_features, batch) for layer in layers]
+    grads = [torch.randn(M, layer.out_features, batch) for layer in layers]
+    biases = [torch.randn(M, layer.out_features, 1) for layer in layers]
+    start = time.perf_counter()
+    for _ in range(steps):
+        for w, b, x in zip(weights, biases, inputs):
+            torch.baddbmm(b, w, x)  # forward
+        for index, (w, x, g) in enumerate(zip(weights, inputs, grads)):
+            torch.bmm(g, x.transpose(1, 2))  # weight gradient
+            if index:
+                torch.bmm(w.transpose(1, 2), g)  # input gradient (none for the data)
+    return time.perf_counter() - start
+
+
 ARMS = {
     "vectorised": vectorised,
     "one by one": lambda data, nets, seed: one_by_one(data, nets, seed, lambda p: adam(p, TRAIN)),
@@ -90,6 +113,7 @@ def main(argv=None) -> None:
     data = Digits(as_images=args.model == "cnn").load(1400, 0, [], 397)
     labels = data.eval_sets["test"][1]
     times = {name: [] for name in ARMS}
+    floors = []
     accuracy = {name: [] for name in ARMS}
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for repeat in range(args.repeats + 1):  # repeat 0 warms up and is not timed
@@ -101,11 +125,18 @@ def main(argv=None) -> None:
             if repeat:
                 times[name].append(elapsed)
                 accuracy[name].append((predictions == labels).float().mean(1))  # (M,)
+        if args.model == "mlp":
+            floor = matmul_floor(nets, data)
+            floors.append(floor) if repeat else None
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"{M} members {described}, {EPOCHS} epochs of 1400 digits, batch 64, "
           f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
     for name, values in times.items():
         print(f"{name:>20}: min {min(values):.2f} s  median {statistics.median(values):.2f} s  max {max(values):.2f} s")
+    if floors:
+        print(f"{'matrix products alone':>20}: min {min(floors):.2f} s  median {statistics.median(floors):.2f} s  "
+              f"max {max(floors):.2f} s  (one by one / floor, median: "
+              f"{statistics.median(times['one by one']) / statistics.median(floors):.1f}x at most)")
     for baseline in list(ARMS)[1:]:
         ratios = [b / a for a, b in zip(times["vectorised"], times[baseline])]
         print(f"speed-up ({baseline} / vectorised, per repeat): min {min(ratios):.1f}x  "

@@ -34,7 +34,7 @@ class StackedMembers:
 
     def hold(self, params: dict, buffers: dict, network: nn.Module, size: int) -> None:
         self.params, self.buffers, self.size = params, buffers, size
-        self.skeleton = copy.deepcopy(network).to("meta")  # structure only; weights come from params
+        self.skeleton = copy.deepcopy(network).to("meta").train()  # structure only; weights come from params
         # Plain Sequentials of common layers run as one batched model, without vmap's per-step overhead.
         self.batched = batched.supports(self.skeleton) and not buffers
 
@@ -44,7 +44,8 @@ class StackedMembers:
 
     def forward(self, x: torch.Tensor, *, shared_input: bool, train: bool) -> torch.Tensor:
         """x: (B, D) shared by every member, or (M, B, D) one batch per member. Returns (M, B, out)."""
-        self.skeleton.train(train)
+        if self.skeleton.training != train:  # Module.train walks every submodule: not once per step
+            self.skeleton.train(train)
         if self.batched:
             return batched.forward(self.skeleton, self.params, x, self.size, shared_input)
         return self.vmapped(x, shared_input)
