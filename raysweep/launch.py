@@ -22,7 +22,7 @@ from pathlib import Path
 
 from raysweep import experiment as exp
 from raysweep import store
-from raysweep.experiment import ExperimentError, cell_label
+from raysweep.experiment import ExperimentError
 
 # Batching small cells (see auto_cells_per_trial): trials per parallel slot, and the most cells per trial.
 TRIALS_PER_SLOT = 5
@@ -301,27 +301,6 @@ def chunk_cells(cells: list[dict], per_trial: int, slots: int = 1) -> list[list[
     return [cells[i::count] for i in range(count)]
 
 
-def chunk_label(cells: list[dict]) -> str:
-    """A trial's name: its cell's label, or for several cells the values of each coordinate they
-    take (in braces when more than one) and how many cells there are."""
-    if len(cells) == 1:
-        return cell_label(cells[0])
-
-    def values(key, of=lambda cell, key: cell[key]):
-        found = sorted({of(cell, key) for cell in cells if of(cell, key) is not None}, key=lambda v: (str(type(v)), v))
-        return found[0] if len(found) == 1 else "{" + ",".join(map(str, found)) + "}"
-
-    sized = [cell for cell in cells if cell["size"] is not None]
-    size = f"_{sized[0]['size_knob']}{values('size')}" if sized else ""
-    task = values("task", of=lambda cell, key: cell[key]["name"])
-    return f"{task}_N{values('n')}{size}_{values('method')}_s{values('seed')} ({len(cells)} cells)"
-
-
-def chunk_dirname(cells: list[dict], trial_id: str) -> str:
-    more = f"+{len(cells) - 1}" if len(cells) > 1 else ""
-    return f"{cell_label(cells[0])}{more}_{trial_id}"
-
-
 def parallel_slots(resources, max_concurrent: int | None) -> int:
     """How many cells (trials) the Ray cluster can run at once."""
     import ray
@@ -336,15 +315,14 @@ def parallel_slots(resources, max_concurrent: int | None) -> int:
 
 
 def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root: Path, args) -> None:
-    # raysweep's store is the record of results; of Tune's per-trial loggers keep only the JSON one
-    # its result grid reads (TensorBoard and CSV cannot log a list of rows and only warn).
+    # raysweep's store is the record of results; of Tune's per-trial loggers keep only a JSON one
+    # without the rows (trial.RowlessJsonLogger), so that Tune's result grid finds its result.json.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
     from raysweep import ray_train
-    from raysweep.trial import StoreCallback, trainable
+    from raysweep.trial import RowlessJsonLogger, StoreCallback, trainable, trial_dirname, trial_name
 
     started = time.time()
     if args.address:
@@ -383,13 +361,15 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
             # Drivers of Train runs take almost no CPU: without a limit Tune would start a driver for
             # every such cell at once, each waiting for workers (Ray's Train+Tune guide).
             max_concurrent_trials=max_concurrent or (slots if len(batchable) < len(todo) else None),
-            trial_name_creator=lambda trial: chunk_label(trial.config["chunk"]),
-            trial_dirname_creator=lambda trial: chunk_dirname(trial.config["chunk"], trial.trial_id),
+            # Functions of an importable module: Tune pickles them into every trial's saved state, and
+            # a lambda of this module (__main__ under `python -m`) was pickled by value, 8.6 KB a trial.
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name="tune",
             storage_path=args.storage or str(root),
-            callbacks=[callback, JsonLoggerCallback()],
+            callbacks=[callback, RowlessJsonLogger()],
             failure_config=tune.FailureConfig(max_failures=resources.max_retries),
             verbose=0,
         ),

@@ -8,7 +8,8 @@ from conftest import EXPERIMENTS
 from raysweep import experiment as E
 from raysweep import store
 from raysweep.cell import run_cell
-from raysweep.launch import auto_cells_per_trial, chunk_cells, chunk_label, main, parse_args, wants_dashboard
+from raysweep.launch import auto_cells_per_trial, chunk_cells, main, parse_args, wants_dashboard
+from raysweep.trial import chunk_label
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,20 @@ def test_exact_epistemic_uncertainty_falls_as_one_over_n(regression_run):
     report = (output / "regression" / "report" / "report.md").read_text()
     assert "18 cells finished, 0 failed" in report
     assert (output / "regression" / "report" / "epistemic_vs_n.png").stat().st_size > 10_000
+
+
+def test_the_rows_are_kept_once_in_the_store_not_again_in_tunes_folder(regression_run):
+    output, _ = regression_run
+    tune = output / "regression" / "tune"
+    logs = sorted(tune.glob("*/result.json"))
+    assert logs, "Tune's result grid needs a result.json per trial"
+    cell_ids = set(store.load(store.results_dir(output, "regression")).column("cell_id").to_pylist())
+    assert len(cell_ids) == 18
+    for saved in logs + sorted(tune.glob("experiment_state*.json")):
+        text = saved.read_text()
+        assert '"rows"' not in text and "epistemic" not in text, saved  # no row, no metric of one
+    for log in logs:
+        assert "cell_id" not in log.read_text()  # not even the chunk's config: params.json has it
 
 
 def test_rerunning_a_finished_launch_runs_nothing_and_adds_no_rows(regression_run, capsys):
