@@ -1,6 +1,7 @@
-"""Resume at many cells: how long a launch takes to find the finished cells of a store, with the
-resume index (raysweep.store.finished_cells) against reading every result file (store.load, what
-resume did before the index), side by side in one run.
+"""Resume and the report at many cells: how long a launch takes to find the finished cells of a
+store, with the resume index (raysweep.store.finished_cells), and how long the report's read of every
+final row takes (store.load) with its rows cache, against reading every result file (what both did
+before), side by side in one run.
 
     python benchmarks/resume_index.py                 # 100,000 cells
     python benchmarks/resume_index.py --cells 20000
@@ -10,7 +11,10 @@ written through store.write_cell as a sweep writes them. Timed, each --repeats t
   cold    finished_cells with no index: opens every file's four index columns, writes the index
   warm    finished_cells with the index: lists the folder, reads one small file
   warm+1  as warm, after one more cell was written (one file opened)
-  load    store.load of every final row (the report's read; resume's read before the index)
+  load cold    store.load with no rows cache: opens every file, as every load did before the cache
+               (and resume before the index); writes the cache
+  load warm    store.load with the cache: lists the folder, reads one file
+  load warm+1  as load warm, after one more cell was written
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ def main() -> None:
         write_store(results, args.cells)
         print(f"wrote {args.cells:,} cells in {time.perf_counter() - started:.1f} s; "
               f"load average {os.getloadavg()[0]:.1f}")
-    times: dict[str, list[float]] = {"cold": [], "warm": [], "warm+1": [], "load": []}
+    times: dict[str, list[float]] = {"cold": [], "warm": [], "warm+1": [], "load cold": [], "load warm": [],
+                                     "load warm+1": []}
     for repeat in range(args.repeats):
         store.index_path(results).unlink(missing_ok=True)
         seconds, cold = timed(lambda: store.finished_cells(results))
@@ -77,17 +82,30 @@ def main() -> None:
                                     "status": "ok"}])
         times["warm+1"].append(timed(lambda: store.finished_cells(results))[0])
         if not args.skip_load:
+            store.rows_cache_path(results).unlink(missing_ok=True)
             seconds, table = timed(lambda: store.load(results))
-            times["load"].append(seconds)
+            times["load cold"].append(seconds)
             ok = table.filter(pc.equal(table.column("status"), "ok"))
             assert set(ok.column("cell_id").to_pylist()) == warm | {f"extra{repeat}"}  # the index agrees with the rows
+            seconds, cached = timed(lambda: store.load(results))
+            times["load warm"].append(seconds)
+            assert cached.equals(table)  # the cache gives the rows of the files
+            store.write_cell(results, [{"cell_id": f"more{repeat}", "attempt": "1", "kind": "final", "split": "test",
+                                        "status": "ok"}])
+            seconds, grown = timed(lambda: store.load(results))
+            times["load warm+1"].append(seconds)
+            assert grown.num_rows == table.num_rows + 1
         print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v), flush=True)
     print(f"\n{args.cells:,} cells, median of {args.repeats} (load average now {os.getloadavg()[0]:.1f}):")
     for name, values in times.items():
         if values:
-            print(f"  {name:<7} {statistics.median(values):8.3f} s")
-    if times["load"]:
-        print(f"  warm is {statistics.median(times['load']) / statistics.median(times['warm']):.0f}x faster than load")
+            print(f"  {name:<12} {statistics.median(values):8.3f} s")
+    if times["load cold"]:
+        median = {name: statistics.median(values) for name, values in times.items()}
+        print(f"  resume: warm index is {median['load cold'] / median['warm']:.0f}x faster than reading every file")
+        print(f"  report: warm rows cache is {median['load cold'] / median['load warm']:.0f}x faster than reading "
+              "every file")
+        print(f"rows cache: {store.rows_cache_path(results).stat().st_size / 1e6:.1f} MB")
     print(f"index: {store.index_path(results).stat().st_size / 1e6:.1f} MB for {args.cells:,} files")
 
 

@@ -222,27 +222,86 @@ def load(directory: str | Path, kind: str = "final") -> pa.Table:
     """Rows of one kind ("final" by default), de-duplicated: for each cell the latest attempt wins.
 
     Each file is checked as it is read, so a file that is corrupted, foreign or mistyped is moved
-    aside (see quarantine_corrupt) even if it changed after an earlier scan; a file another reader
-    moves away meanwhile is skipped.
+    aside (see quarantine_corrupt); a file another reader moves away meanwhile is skipped. The final
+    rows come through a cache beside the results (`rows_cache_path`), so that the report of a
+    100,000-cell store does not open 100,000 files: only files it does not know, or whose size or
+    modification time changed, are read.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return SCHEMA.empty_table()
-    tables = []
-    for path in _result_files(directory):
-        table, problem = _read(path)
-        if problem:
-            _quarantine(path, problem)
-        elif table is not None:
-            tables.append(table.filter(pc.field("kind") == kind))
-    if not tables:
-        return SCHEMA.empty_table()
-    table = pa.concat_tables(tables)
+    table = _final_rows(directory) if kind == "final" else _rows_of_every_file(directory, kind)
     if table.num_rows == 0:
-        return table
+        return table.select(SCHEMA.names)
     latest = table.group_by("cell_id").aggregate([("attempt", "max")])
     keep = table.join(latest, keys=["cell_id", "attempt"], right_keys=["cell_id", "attempt_max"], join_type="inner")
     return keep.select(SCHEMA.names).sort_by([("cell_id", "ascending"), ("split", "ascending")])
+
+
+def _rows_of_every_file(directory: Path, kind: str) -> pa.Table:
+    tables = [table.filter(pc.field("kind") == kind) for table in map(_checked, _result_files(directory))
+              if table is not None]
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def _checked(path: Path) -> pa.Table | None:
+    """One file's rows, or None when it is unreadable (then moved aside) or gone."""
+    table, problem = _read(path)
+    if problem:
+        _quarantine(path, problem)
+    return table
+
+
+# The rows cache: every final row of the files it knows, with the file's name, size and mtime.
+STAMP = pa.schema([("_file", pa.string()), ("_file_size", pa.int64()), ("_file_mtime_ns", pa.int64())])
+ROWS_CACHE_SCHEMA = pa.schema([*STAMP, *SCHEMA])
+
+
+def rows_cache_path(directory: str | Path) -> Path:
+    """Beside the results folder, hidden, like the resume index: globs over results/*.parquet never see it."""
+    directory = Path(directory)
+    return directory.parent / f".{directory.name}-final-rows.parquet"
+
+
+def _final_rows(directory: Path) -> pa.Table:
+    """The final rows of every result file: the cache's, for files unchanged since it was written, and
+    read from the file for the rest; the cache is rewritten when anything changed. A file without
+    final rows leaves nothing in the cache and is read again next time (a cell cut off mid-write)."""
+    stamps = {path.name: _stamp(path) for path in _result_files(directory)}
+    stamps = {name: stamp for name, stamp in stamps.items() if stamp is not None}
+    cached = _read_rows_cache(directory)
+    files, sizes, mtimes = (cached.column(name).to_pylist() for name in STAMP.names)
+    known = {name: (size, mtime_ns) for name, size, mtime_ns in zip(files, sizes, mtimes)}
+    fresh = [name for name, stamp in known.items() if stamps.get(name) == stamp]
+    kept = cached.filter(pc.is_in(cached.column("_file"), pa.array(fresh, pa.string())))
+    new = []
+    for name in sorted(stamps.keys() - set(fresh)):
+        table = _checked(directory / name)
+        if table is not None and (final := table.filter(pc.field("kind") == "final")).num_rows:
+            size, mtime_ns = stamps[name]
+            new.append(pa.Table.from_arrays(
+                [pa.array([name] * final.num_rows, pa.string()), pa.array([size] * final.num_rows, pa.int64()),
+                 pa.array([mtime_ns] * final.num_rows, pa.int64()), *final.columns], schema=ROWS_CACHE_SCHEMA))
+    rows = pa.concat_tables([kept, *new])
+    if new or kept.num_rows != cached.num_rows:
+        _write_atomically(rows, rows_cache_path(directory))
+    return rows
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _read_rows_cache(directory: Path) -> pa.Table:
+    try:
+        table = pq.read_table(rows_cache_path(directory))
+    except (FileNotFoundError, pa.ArrowException, OSError):
+        return ROWS_CACHE_SCHEMA.empty_table()  # none yet, or unreadable: rebuilt from the files
+    return table if table.schema.equals(ROWS_CACHE_SCHEMA) else ROWS_CACHE_SCHEMA.empty_table()  # older version
 
 
 # Statuses of a cell that is done: the next launch does not run it again.
@@ -314,16 +373,22 @@ def _read_index(directory: Path) -> dict[str, tuple]:
 
 
 def _write_index(directory: Path, index: dict[str, tuple]) -> None:
-    """Atomically, like result files: a concurrent reader sees the old index or the new one."""
     names = sorted(index)
     columns = {"file": names} | {column: [index[name][i] for name in names] for i, column in enumerate(INDEX_COLUMNS)}
-    target = index_path(directory)
+    table = pa.table(columns, schema=pa.schema([(name, pa.string()) for name in columns]))
+    _write_atomically(table, index_path(directory))
+
+
+def _write_atomically(table: pa.Table, target: Path) -> None:
+    """A cache beside the results, written like result files: a concurrent reader sees the old one or
+    the new one. A cache that cannot be written is no error: a read-only store still resumes and
+    reports, reading the files."""
     temporary = target.with_name(f"{target.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
     try:
-        pq.write_table(pa.table(columns, schema=pa.schema([(name, pa.string()) for name in columns])), temporary)
+        pq.write_table(table, temporary)
         os.replace(temporary, target)
     except OSError:
-        pass  # an index is only a cache: a read-only store still resumes, reading the files
+        pass
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -116,10 +117,83 @@ def test_a_full_disk_gives_a_clear_error_and_no_partial_file(tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+def final_rows_by_definition(directory) -> pd.DataFrame:
+    """Read without raysweep: every result file through pandas, final rows, each cell's latest attempt."""
+    frames = [pd.read_parquet(path) for path in sorted(Path(directory).glob("*.parquet"))]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["cell_id", "attempt", "kind"])
+    table = table[table.kind == "final"]
+    latest = table.groupby("cell_id").attempt.transform("max")
+    return table[table.attempt == latest]
+
+
 def finished_by_definition(directory):
     """The definition, from every row: cells whose latest final attempt has status ok."""
-    table = store.load(directory).to_pandas()
+    table = final_rows_by_definition(directory)
     return set(table[table.status == "ok"].cell_id)
+
+
+def loaded_as_frame(directory) -> pd.DataFrame:
+    columns = ["cell_id", "attempt", "split", "status", "epistemic"]
+    return store.load(directory).to_pandas()[columns].sort_values(columns[:3]).reset_index(drop=True)
+
+
+def expected_frame(directory) -> pd.DataFrame:
+    columns = ["cell_id", "attempt", "split", "status", "epistemic"]
+    return final_rows_by_definition(directory)[columns].sort_values(columns[:3]).reset_index(drop=True)
+
+
+def test_the_rows_cache_gives_the_rows_of_the_files_and_opens_only_new_or_changed_ones(tmp_path, monkeypatch):
+    import random
+
+    results = tmp_path / "results"
+    draw = random.Random(1)
+    for i in range(40):
+        store.write_cell(results, rows(f"c{draw.randrange(15)}", f"{i:03d}", splits=("test", "ood"),
+                                       epistemic=draw.random()))
+    pd.testing.assert_frame_equal(loaded_as_frame(results), expected_frame(results))
+    assert store.rows_cache_path(results).is_file()
+
+    opened = []  # every result file raysweep reads, whichever pyarrow entry point reads it
+    for name in ("read_table", "ParquetFile"):
+        real = getattr(pq, name)
+        monkeypatch.setattr(pq, name, lambda path, *a, real=real, **k: opened.append(str(path)) or real(path, *a, **k))
+
+    def load_and_compare() -> list[str]:
+        """store.load against the definition; returns the result files store.load read."""
+        expected = expected_frame(results)
+        opened.clear()
+        loaded = loaded_as_frame(results)
+        pd.testing.assert_frame_equal(loaded, expected)
+        return [p for p in opened if p.startswith(str(results) + os.sep)]
+
+    assert load_and_compare() == []  # warm: the cache answered for all 40 files
+    later = store.write_cell(results, rows("c3", "999", splits=("test",), epistemic=7.0))  # a new, later attempt
+    assert load_and_compare() == [str(later)]
+    assert loaded_as_frame(results).query("cell_id == 'c3'").epistemic.tolist() == [7.0]
+
+    store.write_cell(results, rows("c3", "999", splits=("test", "ood"), epistemic=8.0))  # same name, other rows
+    os.utime(later, ns=(0, 0))  # and another mtime, in case the size were the same
+    assert load_and_compare() == [str(later)]
+    assert loaded_as_frame(results).query("cell_id == 'c3'").epistemic.tolist() == [8.0, 8.0]
+
+    later.unlink()  # moved away (say, quarantined by another reader): its rows leave the cache
+    assert load_and_compare() == []
+    assert "999" not in set(loaded_as_frame(results).attempt)
+
+
+def test_a_lost_garbled_or_stale_rows_cache_is_rebuilt_and_a_file_corrupted_since_is_moved_aside(tmp_path):
+    results = tmp_path / "results"
+    store.write_cell(results, rows("a", "001"))
+    bad = store.write_cell(results, rows("b", "001", epistemic=0.5))
+    expected = expected_frame(results)
+    pd.testing.assert_frame_equal(loaded_as_frame(results), expected)
+    store.rows_cache_path(results).write_bytes(b"not parquet")
+    pd.testing.assert_frame_equal(loaded_as_frame(results), expected)
+    store.rows_cache_path(results).unlink()
+    pd.testing.assert_frame_equal(loaded_as_frame(results), expected)
+    bad.write_bytes(b"garbage")  # changed after it was cached: read again, found corrupt, moved aside
+    assert loaded_as_frame(results).cell_id.tolist() == ["a"]
+    assert (store.corrupt_dir(results) / bad.name).is_file()
 
 
 def test_the_resume_index_agrees_with_the_rows_and_opens_only_new_files(tmp_path, monkeypatch):
