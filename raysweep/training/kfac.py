@@ -61,6 +61,8 @@ def factors(network: nn.Module, x: torch.Tensor, y: torch.Tensor, objectives: Ob
 
     def keep(name):
         def hook(module, args, output):
+            if name in seen:  # a second call would overwrite the first one's input and output
+                raise ValueError(f"KFAC needs each linear map called once per forward; {name} was called again")
             seen[name] = (args[0].detach(), output)
         return hook
 
