@@ -13,6 +13,8 @@ two-class "review" corpus with an other-domain set into a cache folder ($RAYSWEE
 ~/.cache/raysweep/finetune), and runs the same code paths on them: 12 cells, 4-6 s (ensemble) and
 5-13 s (lora_laplace, its per-example GGN grows with N) each on
 a busy 2-core machine. Its numbers say the pipeline works, nothing about real fine-tuning.
+`--set methods.lora_laplace.structure=kfac` gives Yang et al.'s KFAC Laplace-LoRA (here 1.5-2.6 s a cell
+on one thread, against 2.4-5.1 s for the default diagonal: it takes a batch per backward pass).
 """
 
 import os

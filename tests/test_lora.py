@@ -130,6 +130,20 @@ def test_padding_never_counts(pretrained, corpus):
         torch.testing.assert_close(network(short_x), network(long_x))
 
 
+def test_a_real_token_sharing_the_pad_id_still_counts(pretrained):
+    """The byte model's config has no pad or eos id, so its pad id is 0, which is also a real token (NUL
+    here; "!" in GPT-2's vocabulary): the logits are still those of the last real token by the mask."""
+    torch.manual_seed(0)
+    network = LoRA(pretrained=pretrained, rank=RANK).build(8, 2).eval()
+    assert network.pad_id == 0
+    base = network.peft_model.base_model.model
+    with torch.no_grad():
+        logits = network(torch.tensor([[5, 9, 0, PAD], [5, 9, PAD, PAD]]))
+        hidden = base.transformer(input_ids=torch.tensor([[5, 9, 0]])).last_hidden_state  # (1, 3, 16)
+        torch.testing.assert_close(logits[0], base.score(hidden[0, -1]))
+    assert not torch.allclose(logits[0], logits[1])
+
+
 def test_the_shuffled_set_permutes_each_texts_tokens_and_keeps_its_padding(corpus):
     data = task_of(corpus).load(8, 0, ["shuffled"], 10)
     test, shuffled = data.eval_sets["test"][0], data.eval_sets["shuffled"][0]

@@ -9,7 +9,8 @@ initialised classification head (AutoModelForSequenceClassification: GPT-2's `sc
 
 head="classification": inputs are token ids (B, L) right-padded with PAD (-1, "no token", as
 raysweep.tasks.text_classification writes them); the attention mask is `ids != PAD`, so padded
-positions are never attended to, and the logits are those of the last real token. Outputs (B, C).
+positions are never attended to, and the logits are those of the last real token by that mask (not by
+the model's pad id, which a real token may share). Outputs (B, C).
 head="lm": next-token logits (B, T, V) for the `text` task.
 
 P, the size reported for a cell, is the number of TRAINABLE parameters (LoRA matrices and the head):
@@ -121,10 +122,23 @@ class LoRANetwork(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         mask = ids != PAD
-        # Padded positions get the model's pad id, so its classification pooling (the last position
-        # whose id is not the pad id) lands on the last real token; the mask keeps them out of attention.
+        # Padded positions get the model's pad id (any valid id would do: the mask keeps them out of attention).
         inputs = torch.where(mask, ids, torch.full_like(ids, self.pad_id))
-        return self.peft_model(input_ids=inputs, attention_mask=mask.long(), use_cache=False).logits
+        if self.head is None:
+            return self.peft_model(input_ids=inputs, attention_mask=mask.long(), use_cache=False).logits
+        seen = []
+        handle = self.head.register_forward_hook(lambda module, args, output: seen.append(output))
+        try:
+            pooled = self.peft_model(input_ids=inputs, attention_mask=mask.long(), use_cache=False).logits
+        finally:
+            handle.remove()
+        if seen[-1].dim() != 3:  # the model pools before its head (e.g. BERT's first token): its logits stand
+            return pooled
+        # A last-token classifier (GPT-2, Llama) pools at the last id that is not the pad id, which skips a
+        # real token sharing that id (id 0, "!" in GPT-2's vocabulary, when a config has no pad or eos id):
+        # pool its per-position logits at the last real token by the mask instead.
+        last = (torch.arange(ids.shape[1], device=ids.device) * mask).argmax(-1)  # (B,)
+        return seen[-1][torch.arange(len(ids), device=ids.device), last]  # (B, C)
 
     def trainable(self) -> dict[str, nn.Parameter]:
         """The parameters that train (adapters and head), by name: what an ensemble member or a

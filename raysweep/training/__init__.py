@@ -7,5 +7,6 @@
   budget.py      epochs and steps per cell, divergence checks
   samples.py     posteriors held as S flat parameter vectors
   sgmcmc.py      the SG-MCMC potential, its gradient noise estimate, independent minibatches
+  kfac.py        Kronecker-factored curvature of trainable linear maps, its eigenbasis, draws and log-det
   deepspeed_members.py  large ensemble members trained one by one with DeepSpeed ZeRO
 """
