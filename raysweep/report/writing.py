@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from raysweep import fidelity, scaling, store, variants
+from raysweep.report import members, tables
 from raysweep.report import plots as plotting
-from raysweep.report import tables
 from raysweep.report.curves import CURVE_ID, fit_all
 
 
@@ -46,6 +46,7 @@ def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep r
         lines.append(replaced)
     lines += [""] + summary_markdown(fits, ok, table, holdout)
     lines += [f"![{path.stem}]({path.name})" for path in figures] + [""]
+    lines += members.section(fitted_rows, out_dir, plots)  # only where the store has grid.members rows
     if "exact" in set(ok["method"]) and len(set(ok["method"])) > 1:  # a ground truth to compare with
         lines += fidelity.section(_all_members(raw), out_dir)
         lines += ["![fidelity](fidelity.png)", ""] if (out_dir / "fidelity.png").exists() else []
