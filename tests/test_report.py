@@ -198,3 +198,57 @@ def test_laws_in_compute_and_in_ensemble_size_are_fitted_from_their_own_rows(tmp
     assert np.allclose(members.b, 0.5, atol=0.05) and np.allclose(members.a, 0.2, rtol=0.1)
     main = power[power.axis == "n"]  # C ∝ N at each width: slope 0.3, which the members rows (flat in N) would flatten
     assert np.allclose(main.b, 0.3, atol=0.03)
+
+
+SCORES = {"auroc_epistemic": "AUROC EU ↑", "auroc_total": "AUROC TU ↑", "ece": "ECE ↓", "ece_ts": "ECE TS ↓",
+          "nll_ts": "NLL TS ↓", "temperature": "T", "aurc": "AURC ↓", "augrc": "AUGRC ↓"}
+
+
+def summary_rows(text: str) -> dict:
+    """(method, split) -> {header: cell} from the summary's markdown table."""
+    lines = [line for line in text[text.index("## Summary"):].splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+    return {(r["method"], r["split"]): r for r in rows if "split" in r}
+
+
+def test_summary_scores_are_the_store_means_at_the_largest_n_and_size_and_a_dash_where_a_task_has_none(tmp_path):
+    """Random AURC, AUGRC, temperature-scaled ECE and NLL per row: each summary cell is the mean over
+    seeds of the store's rows at the largest N and size; a regression task's cells are '—', not nan."""
+    rng = np.random.default_rng(3)
+    results = tmp_path / "results"
+    for n in (100, 200, 400):
+        for width in (8, 16):
+            for seed in range(3):
+                rows = []
+                for split in ("test", "ood"):
+                    base = {"cell_id": f"c{n}-{width}-{seed}", "attempt": "0", "task": "toy", "model": "mlp",
+                            "size": width, "size_knob": "width", "params": 100 * width, "n": n,
+                            "method": "ensemble", "seed": seed, "split": split, "kind": "final", "status": "ok",
+                            "epistemic": n ** -0.5 * np.exp(rng.normal(0, 0.05)), "total": 1.0}
+                    scores = {key: rng.uniform(0.01, 0.9) for key in SCORES if split == "ood" or "auroc" not in key}
+                    if (n, width, seed) == (400, 16, 2):
+                        scores["aurc"] = float("nan")  # a seed without the score: the mean of the others
+                    rows.append(base | scores)
+                store.write_cell(results, rows)
+        for seed in range(3):
+            store.write_cell(results, [{"cell_id": f"r{n}-{seed}", "attempt": "0", "task": "regression",
+                                        "method": "exact", "n": n, "seed": seed, "split": "test", "kind": "final",
+                                        "status": "ok", "epistemic": 2.0 / n, "total": 0.1, "aleatoric": 0.1,
+                                        "total_var": 0.5 + 2.0 / n, "aleatoric_var": 0.5, "epistemic_var": 2.0 / n}])
+    text = report.write(results, tmp_path / "report", n_boot=0, plots=False).read_text()
+    table = summary_rows(text)
+    rows = store.load(results).to_pandas()
+    largest = rows[(rows.method == "ensemble") & (rows.n == 400) & (rows["size"] == 16)]
+    for split in ("test", "ood"):
+        cells = table[("ensemble", split)]
+        for key, header in SCORES.items():
+            expected = largest[largest.split == split][key].dropna()
+            if expected.empty:
+                assert cells[header] == "—", (split, key)
+                continue
+            assert len(expected) == (2 if key == "aurc" else 3)  # the seed without AURC is left out of its mean
+            digits = 2 if key == "temperature" else 3
+            assert float(cells[header]) == pytest.approx(expected.mean(), abs=0.6 * 10 ** -digits), (split, key)
+    assert all(table[("exact", "test")][header] == "—" for header in SCORES.values())
+    assert "↓ lower is better" in text and "nan" not in text[text.index("## Summary"):text.index("Holdout")]

@@ -5,6 +5,7 @@
     curves.py   the curves of a store and their fits (laws, selection, bootstraps, holdouts)
     tables.py   rows for fits.csv, the summary, holdout coverage, what was left out
     plots.py    small multiples: one panel per (split, method), sizes as colours
+    members.py  the sub-ensemble section: EU(m) against the (m-1)/m of i.i.d. draws (grid.members rows)
     writing.py  report.md: summary, figures, fitting checklist, appendix; the terminal table
 
 No task registry, no torch: N's unit comes from the store's n_unit column.

@@ -1,6 +1,7 @@
-"""Figures as small multiples: one figure per metric against N, one panel per (split, method),
-model sizes as colours. The y range is set by the data (extrapolated lines and bands are clipped
-to it); bands are drawn, and listed in the legend, only where a bootstrap computed them."""
+"""Figures as small multiples: one figure per metric against N (and the sub-ensembles' EU(m)/EU_∞
+against (m-1)/m), one panel per (split, method), model sizes as colours. The y range is set by the
+data (extrapolated lines and bands are clipped to it); bands are drawn, and listed in the legend,
+only where a bootstrap computed them."""
 
 from __future__ import annotations
 
@@ -33,8 +34,7 @@ def plot_all(fitted: list[Curve], ok: pd.DataFrame, out_dir: Path, shown: list[s
     """One PNG per metric against N (fitted ones with their laws; `shown` ones as data only)."""
     splits = sorted(ok["split"].dropna().unique(), key=lambda s: (s != "test", s))
     methods = sorted(ok["method"].unique())
-    sizes = sorted(int(s) for s in ok["size"].dropna().unique())
-    colours = {s: plt.cm.viridis(i / max(len(sizes) - 1, 1) * 0.85) for i, s in enumerate(sizes)} | {None: "0.3"}
+    colours = size_colours(ok)
     units = set(ok["n_unit"].fillna("examples")) if "n_unit" in ok else {"examples"}
     paths = []
     metrics = list(dict.fromkeys(c.key["metric"] for c in fitted if c.key["axis"] == "n"))
@@ -42,6 +42,12 @@ def plot_all(fitted: list[Curve], ok: pd.DataFrame, out_dir: Path, shown: list[s
         chosen = [c for c in fitted if c.key["axis"] == "n" and c.key["metric"] == metric]
         paths.append(_figure(metric, chosen, ok, splits, methods, colours, x_label(units), out_dir, metric in shown))
     return paths
+
+
+def size_colours(rows: pd.DataFrame) -> dict:
+    """Model size -> colour (viridis, small to large), None (no model) -> grey: the same in every figure."""
+    sizes = sorted(int(s) for s in rows["size"].dropna().unique())
+    return {s: plt.cm.viridis(i / max(len(sizes) - 1, 1) * 0.85) for i, s in enumerate(sizes)} | {None: "0.3"}
 
 
 def _figure(metric, chosen, ok, splits, methods, colours, xlabel, out_dir, data_only) -> Path:
@@ -132,9 +138,7 @@ def _y_range(axes, rows: pd.DataFrame, metric: str, data_only: bool) -> None:
 
 
 def _legend(colours, banded: bool, data_only: bool) -> list:
-    handles = [Line2D([], [], ls="none", label="model size")]
-    handles += [Line2D([], [], color=c, lw=2, label="no model" if s is None else f"{s:,}")
-                for s, c in colours.items() if s is not None] or [Line2D([], [], color="0.3", lw=2, label="no model")]
+    handles = _size_handles(colours)
     handles += [Line2D([], [], ls="none", marker=".", color="0.35", label="seeds"),
                 Line2D([], [], ls="none", marker="o", color="0.35", ms=3, label="mean over seeds")]
     if not data_only:
@@ -143,6 +147,61 @@ def _legend(colours, banded: bool, data_only: bool) -> list:
     if banded:
         handles.append(Patch(color="0.35", alpha=0.2, label="95% confidence band"))
     return handles
+
+
+N_MARKERS = "osD^vP*X"  # the members figure: one marker per N (sizes keep their colours)
+
+
+def members_figure(points: pd.DataFrame, out_dir: Path) -> Path:
+    """EU(m)/EU_∞ against x = (m-1)/m, one panel per (split, method), sizes as colours and N as markers:
+    seeds as dots, the mean over seeds joined by a line; the identity is what m i.i.d. draws give."""
+    splits = sorted(points["split"].dropna().unique(), key=lambda s: (s != "test", s))
+    methods = sorted(points["method"].unique())
+    colours = size_colours(points)
+    ns = sorted(int(n) for n in points["n"].unique())
+    markers = {n: N_MARKERS[i % len(N_MARKERS)] for i, n in enumerate(ns)}
+    fig, axes = plt.subplots(len(splits), len(methods), figsize=(2.3 * len(methods) + 1.8, 2.0 * len(splits) + 1.0),
+                             squeeze=False, sharex=True, sharey=True)
+    for i, split in enumerate(splits):
+        for j, method in enumerate(methods):
+            ax = axes[i][j]
+            _members_panel(ax, points[(points["split"] == split) & (points["method"] == method)], colours, markers)
+            if i == 0:
+                ax.set_title(method, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{split}\nEU(m) / EU_∞", fontsize=8)
+            if i == len(splits) - 1:
+                ax.set_xlabel("(m-1)/m", fontsize=7)
+            ax.tick_params(labelsize=6)
+    handles = _size_handles(colours) + [Line2D([], [], ls="none", label="N")]
+    handles += [Line2D([], [], ls="none", marker=markers[n], color="0.35", ms=3, label=f"{n:,}") for n in ns]
+    handles += [Line2D([], [], ls="none", marker=".", color="0.35", label="seeds"),
+                Line2D([], [], color="0.35", ls="--", lw=1, label="identity: i.i.d. draws")]
+    fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
+    fig.suptitle("sub-ensembles: EU(m) / EU_∞ against (m-1)/m", fontsize=9)
+    fig.subplots_adjust(left=0.7 / fig.get_figwidth(), right=1 - 1.4 / fig.get_figwidth(), bottom=0.12,
+                        top=1 - 0.55 / fig.get_figheight(), wspace=0.08, hspace=0.12)  # room for both titles
+    path = out_dir / "members_eu.png"
+    fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})
+    plt.close(fig)
+    return path
+
+
+def _members_panel(ax, points: pd.DataFrame, colours, markers) -> None:
+    ax.plot([0, 1], [0, 1], "--", color="0.2", lw=1)
+    ax.set(xlim=(0, 1.02), ylim=(0, max(1.25, float(points["scaled"].max() * 1.05) if len(points) else 1.25)))
+    for (size, n), group in points.groupby([points["size"].fillna(-1), "n"]):
+        colour = colours[None if size == -1 else int(size)]
+        ax.plot(group["x"], group["scaled"], ls="none", marker=".", ms=2.5, color=colour, alpha=0.4)
+        means = group.groupby("x")["scaled"].mean()
+        ax.plot(means.index, means.to_numpy(), "-", marker=markers[int(n)], ms=3, lw=0.8, color=colour)
+
+
+def _size_handles(colours) -> list:
+    handles = [Line2D([], [], ls="none", label="model size")]
+    return handles + ([Line2D([], [], color=c, lw=2, label="no model" if s is None else f"{s:,}")
+                       for s, c in colours.items() if s is not None]
+                      or [Line2D([], [], color="0.3", lw=2, label="no model")])
 
 
 class _PlainLog(LogFormatter):

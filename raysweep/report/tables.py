@@ -109,9 +109,15 @@ def shown_not_fitted(ok: pd.DataFrame) -> list[str]:
 
 # ---------------------------------------------------------------- the one-screen summary
 
+# The per-cell scores the summary shows at the largest N and size (mean over seeds), in its column
+# order: OOD AUROC by EU and TU, calibration before and after temperature scaling (fitted on the
+# validation split), and selective prediction (risk-coverage areas). NaN where a task has none.
+SUMMARY_SCORES = ("auroc_epistemic", "auroc_total", "ece", "ece_ts", "nll_ts", "temperature", "aurc", "augrc")
+
+
 def summary(fits: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Per method x split: γ_EU [CI] per size (with the chosen law), OOD AUROC by EU and TU and ECE
-    at the largest N and size (mean over seeds), holdout coverage, cells left out."""
+    """Per method x split: γ_EU [CI] per size (with the chosen law), the SUMMARY_SCORES at the
+    largest N and size (mean over seeds), holdout coverage, cells left out."""
     rows = []
     eu = fits[(fits["metric"] == "epistemic") & (fits["axis"] == "n") & fits["chosen"]] if not fits.empty else fits
     left = left_out_cells(table)
@@ -126,8 +132,8 @@ def summary(fits: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame) -> pd.Dat
         bad = left[left["method"] == method]["status"].value_counts()
         rows.append({"method": method, "split": split,
                      "S": _samples(group), "gamma_eu": _gammas(curves),
-                     "auroc_eu": _mean(largest, "auroc_epistemic"), "auroc_tu": _mean(largest, "auroc_total"),
-                     "ece": _mean(largest, "ece"), "holdout_inside": inside_n + inside_p,
+                     **{score: _mean(largest, score) for score in SUMMARY_SCORES},
+                     "holdout_inside": inside_n + inside_p,
                      "holdout_checked": checked_n + checked_p,
                      "left_out": ", ".join(f"{count} {status}" for status, count in bad.items())})
     return pd.DataFrame(rows)

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from raysweep import fidelity, scaling, store, variants
+from raysweep.report import members, tables
 from raysweep.report import plots as plotting
-from raysweep.report import tables
 from raysweep.report.curves import CURVE_ID, fit_all
 
 
@@ -46,6 +46,7 @@ def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep r
         lines.append(replaced)
     lines += [""] + summary_markdown(fits, ok, table, holdout)
     lines += [f"![{path.stem}]({path.name})" for path in figures] + [""]
+    lines += members.section(fitted_rows, out_dir, plots)  # only where the store has grid.members rows
     if "exact" in set(ok["method"]) and len(set(ok["method"])) > 1:  # a ground truth to compare with
         lines += fidelity.section(_all_members(raw), out_dir)
         lines += ["![fidelity](fidelity.png)", ""] if (out_dir / "fidelity.png").exists() else []
@@ -82,24 +83,35 @@ def _replaced(path: Path, settings: dict) -> str:
 
 # ---------------------------------------------------------------- the summary
 
+# The summary's score columns: (SUMMARY_SCORES key, header with the better direction, format).
+SCORE_COLUMNS = [("auroc_epistemic", "AUROC EU ↑", ".3f"), ("auroc_total", "AUROC TU ↑", ".3f"),
+                 ("ece", "ECE ↓", ".3f"), ("ece_ts", "ECE TS ↓", ".3f"), ("nll_ts", "NLL TS ↓", ".3f"),
+                 ("temperature", "T", ".2f"), ("aurc", "AURC ↓", ".3f"), ("augrc", "AUGRC ↓", ".3f")]
+MISSING = "—"  # a score the task does not have (regression: no ECE or AURC; the test split: no AUROC)
+
+
 def summary_markdown(fits: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, holdout: bool) -> list[str]:
     lines = ["## Summary", ""]
     if fits.empty:
         return lines + ["No curve has enough points to fit yet.", ""]
     rows = tables.summary(fits, ok, table)
     with_s = rows["S"].astype(bool).any()
-    header = ["method"] + (["S"] if with_s else []) + ["split", "γ_EU [95% CI] per size, law",
-                                                       "AUROC EU", "AUROC TU", "ECE", "holdout inside", "left out"]
+    header = (["method"] + (["S"] if with_s else []) + ["split", "γ_EU [95% CI] per size, law"]
+              + [name for _, name, _ in SCORE_COLUMNS] + ["holdout inside", "left out"])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows.to_dict("records"):
-        cells = [r["method"]] + ([r["S"]] if with_s else []) + [
-            r["split"], r["gamma_eu"] or "unfit", _num(r["auroc_eu"], ".3f"), _num(r["auroc_tu"], ".3f"),
-            _num(r["ece"], ".3f"), f"{r['holdout_inside']}/{r['holdout_checked']}" if r["holdout_checked"] else "",
-            r["left_out"]]
+        cells = ([r["method"]] + ([r["S"]] if with_s else []) + [r["split"], r["gamma_eu"] or "unfit"]
+                 + [_num(r[key], spec) or MISSING for key, _, spec in SCORE_COLUMNS]
+                 + [f"{r['holdout_inside']}/{r['holdout_checked']}" if r["holdout_checked"] else "", r["left_out"]])
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", "γ: exponent of the pure power law EU = a·N^(-γ), comparable across rows; the law chosen "
-              "for the curve beside it (pow, sat = saturating, off = offset). AUROC and ECE at the largest N "
-              "and size, mean over seeds."]
+              "for the curve beside it (pow, sat = saturating, off = offset). Scores at the largest N and size, "
+              "mean over seeds; ↑ higher is better, ↓ lower is better, — the task or split has none. "
+              "AUROC: test against that OOD split (0.5 = chance). ECE: expected calibration error of the "
+              "predictive's top-class confidence (a probability, 0-1); TS: after temperature scaling fitted on the "
+              "validation split, T its temperature (T > 1: the predictive was overconfident), NLL TS in nats per "
+              "prediction. AURC, AUGRC: areas under the risk-coverage and generalised risk-coverage curves of "
+              "rejecting the least confident first (error rates, 0-1)."]
     lines += _coverage_lines(fits, holdout) + _left_out_lines(table) + [""]
     return lines
 
