@@ -5,6 +5,7 @@ the tokenizer's, their ids are the tokenizer's ids of the texts, and cells run o
 vocabulary is the tokenizer's."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -124,3 +125,27 @@ def test_next_token_text_with_a_tokenizer_folder(tokenizer_folder, tokenizer, pr
     (cell,) = E.cells(e)
     rows = run_cell(cell, lambda rows: None)
     assert len(rows) == 2 and all(r["status"] in store.DONE and math.isfinite(r["total"]) for r in rows)
+
+
+@pytest.fixture(scope="module")
+def byte_gpt2(tmp_path_factory):
+    """A tiny GPT-2 over bytes (vocabulary 256): smaller than the tokenizer's ~300 ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("gpt2-bytes")
+    GPT2LMHeadModel(GPT2Config(n_embd=8, n_layer=1, n_head=2, vocab_size=256, n_positions=64)).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("head", ["classification", "lm"])
+def test_a_tokenizer_the_model_cannot_embed_is_refused_before_any_cell_runs(tokenizer_folder, tokenizer, byte_gpt2,
+                                                                          tmp_path, head):
+    source, other = write_synthetic_corpus(tmp_path / "corpus", rows=60)
+    (tmp_path / "corpus.txt").write_text(SENTENCE * 40)
+    task = (TextClassification(source=source, max_length=16, tokenizer=tokenizer_folder) if head == "classification"
+            else Text(source=f"text:{tmp_path / 'corpus.txt'}", context=8, tokenizer=tokenizer_folder))
+    e = E.Experiment(name="mismatch", task=task, model=LoRA(pretrained=byte_gpt2, head=head),
+                     grid=E.Grid(n=(40,), sizes=(2,), methods=("ensemble",), seeds=(0,)), train=TRAIN)
+    with pytest.raises(E.ExperimentError, match=rf"vocabulary of {len(tokenizer)} .* has 256"):
+        e.validate()
+    replace(e, task=replace(task, tokenizer="")).validate()  # raw bytes: the model's own 256 ids

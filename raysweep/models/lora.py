@@ -73,6 +73,26 @@ class LoRA(Model):
         if not isinstance(task, wanted):
             return (f"model lora with head={self.head!r} needs a {wanted.__name__} task, got {type(task).__name__} "
                     f"(head 'classification' takes text_classification, head 'lm' takes text)")
+        return self._vocabulary_problem(task)
+
+    def _vocabulary_problem(self, task) -> str | None:
+        """The task's token ids must index the model's embedding (and, for head 'lm', be its output
+        vocabulary). Checked from local files only (a folder or the hub cache: no download, no retries);
+        a model or tokenizer not on this machine is left to the cell, whose loading names what is missing."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        from raysweep.tasks.text import BYTE_VOCAB
+
+        model_vocab = _readable(lambda: AutoConfig.from_pretrained(self.pretrained, local_files_only=True).vocab_size)
+        task_vocab = (_readable(lambda: len(AutoTokenizer.from_pretrained(task.tokenizer, local_files_only=True)))
+                      if task.tokenizer else BYTE_VOCAB)
+        if model_vocab is None or task_vocab is None:
+            return None
+        source = f"tokenizer {task.tokenizer!r}" if task.tokenizer else "raw bytes (tokenizer='')"
+        if task_vocab > model_vocab or (self.head == "lm" and task_vocab != model_vocab):
+            relation = "at most" if self.head == "classification" else "exactly"
+            return (f"task {source} gives a vocabulary of {task_vocab} but pretrained model {self.pretrained!r} has "
+                    f"{model_vocab}; head {self.head!r} needs {relation} {model_vocab} (use the model's own tokenizer)")
         return None
 
     def build(self, input_dim: int, output_dim: int, dropout: float = 0.0) -> LoRANetwork:
@@ -178,3 +198,11 @@ def _pad_id(config) -> int:
         if value is not None and 0 <= int(value) < config.vocab_size:
             return int(value)
     return 0
+
+
+def _readable(load):
+    """load(), or None where it cannot be read here (e.g. a hub name on a machine without the hub)."""
+    try:
+        return load()
+    except (OSError, ValueError):
+        return None

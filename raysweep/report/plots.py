@@ -73,7 +73,7 @@ def _figure(metric, chosen, ok, splits, methods, colours, xlabel, out_dir, data_
         _y_range(axes[i], ok[ok["split"] == split], metric, data_only)
     fig.legend(handles=_legend(colours, banded, data_only), loc="center right", fontsize=7, frameon=False)
     fig.suptitle(f"{metric} vs N" + (" (differential entropy: shown, not fitted)" if data_only else ""), fontsize=9)
-    fig.subplots_adjust(left=0.08, right=1 - 1.4 / fig.get_figwidth(), bottom=0.12, top=0.9, wspace=0.08, hspace=0.12)
+    _leave_room_for_titles(fig)
     path = out_dir / f"{metric}_vs_n.png"
     fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})
     plt.close(fig)
@@ -149,6 +149,14 @@ def _legend(colours, banded: bool, data_only: bool) -> list:
     return handles
 
 
+def _leave_room_for_titles(fig) -> None:
+    """Margins in inches, not fractions, so the figure title, the column titles, the row labels and the
+    legend keep their room whatever the grid of panels (a fixed top=0.9 overlapped them on one row)."""
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    fig.subplots_adjust(left=0.7 / width, right=1 - 1.4 / width, bottom=0.45 / height, top=1 - 0.55 / height,
+                        wspace=0.08, hspace=0.12)
+
+
 N_MARKERS = "osD^vP*X"  # the members figure: one marker per N (sizes keep their colours)
 
 
@@ -179,8 +187,7 @@ def members_figure(points: pd.DataFrame, out_dir: Path) -> Path:
                 Line2D([], [], color="0.35", ls="--", lw=1, label="identity: i.i.d. draws")]
     fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
     fig.suptitle("sub-ensembles: EU(m) / EU_∞ against (m-1)/m", fontsize=9)
-    fig.subplots_adjust(left=0.7 / fig.get_figwidth(), right=1 - 1.4 / fig.get_figwidth(), bottom=0.12,
-                        top=1 - 0.55 / fig.get_figheight(), wspace=0.08, hspace=0.12)  # room for both titles
+    _leave_room_for_titles(fig)
     path = out_dir / "members_eu.png"
     fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})
     plt.close(fig)
