@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from raysweep import quality
-from raysweep.evaluate import FirstSamples, evaluate
+from raysweep.evaluate import evaluate_sub_ensembles
 from raysweep.experiment import Train
 from raysweep.methods import METHODS, MethodOptions
 from raysweep.models import MODELS, parameter_count
@@ -69,9 +69,8 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
                         "wall_time_s": time.time() - started}]
         report(rows)
         return rows
-    evaluations = {None: evaluate(posterior, data, cell["eval"]["ece_bins"])}  # None: all S members/samples
-    for members in cell.get("members", []):  # grid.members: nested sub-ensembles of the same pool
-        evaluations[members] = evaluate(FirstSamples(posterior, members), data, cell["eval"]["ece_bins"])
+    # None: all S members/samples; then grid.members' nested sub-ensembles of the same pool
+    evaluations = evaluate_sub_ensembles(posterior, data, cell.get("members", []), cell["eval"]["ece_bins"])
     elapsed = time.time() - started
     facts = _training_facts(log, train, model is not None) | {"n_fit": len(data.train_x)}
     facts["train_flops"] = _train_flops(facts, params, data, method.networks_trained(options)) if model else 0.0

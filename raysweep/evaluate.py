@@ -7,6 +7,7 @@ scalars: never (S, examples, classes) for the whole set, and never the whole pre
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -26,8 +27,24 @@ def evaluate(posterior, data: TaskData, ece_bins: int = 15) -> dict[str, dict[st
     """Metrics per evaluation split ("test" first). OOD splits also get AUROC against "test".
     Classification with a validation split (the converged budget's) also gets NLL and ECE after
     temperature scaling fitted on that split (`nll_ts`, `ece_ts`, `temperature`)."""
-    temperature = fit_temperature(posterior, data)
-    per_split = {name: _scores(posterior, x, y, data.kind, temperature) for name, (x, y) in data.eval_sets.items()}
+    return evaluate_sub_ensembles(posterior, data, (), ece_bins)[None]
+
+
+def evaluate_sub_ensembles(posterior, data: TaskData, members: Sequence[int],
+                           ece_bins: int = 15) -> dict[int | None, dict[str, dict[str, float]]]:
+    """`evaluate` of the whole posterior (key None: all S) and of its first m members or samples for
+    each m in `members`, all from one prediction per batch. So for one trained pool a larger m contains
+    every smaller one (Lobacheva et al., 2020) even for methods that draw afresh at every predict (MC
+    dropout's masks), and the axis costs k more scorings of each batch, not k more predictions."""
+    sizes = (None, *members)
+    temperatures = fit_temperatures(posterior, data, sizes)
+    scores = {name: _scores(posterior, x, y, data.kind, temperatures) for name, (x, y) in data.eval_sets.items()}
+    return {m: _metrics({name: by_size[m] for name, by_size in scores.items()}, temperatures[m], ece_bins)
+            for m in sizes}
+
+
+def _metrics(per_split: dict[str, dict[str, torch.Tensor]], temperature: float | None,
+             ece_bins: int) -> dict[str, dict[str, float]]:
     metrics = {}
     for name, scores in per_split.items():
         row = _spread(scores)
@@ -45,41 +62,46 @@ def evaluate(posterior, data: TaskData, ece_bins: int = 15) -> dict[str, dict[st
     return metrics
 
 
-class FirstSamples:
-    """The sub-ensemble of a posterior's first m members or samples: for one trained pool, a larger
-    m contains every smaller one, so EU and NLL against m are nested (Lobacheva et al., 2020)."""
-
-    def __init__(self, posterior, m: int):
-        self.posterior, self.m = posterior, m
-
-    def predict(self, x: torch.Tensor):
-        prediction = self.posterior.predict(x)
-        if isinstance(prediction, tuple):  # regression: (means, variances), each (S, B)
-            return tuple(part[: self.m] for part in prediction)
-        return prediction[: self.m]  # (S, B, C) or (S, B, T, V)
+def _first(prediction, m: int | None):
+    """The first m members or samples of a prediction, (S, B, ...) or regression's (means, variances)."""
+    if m is None:
+        return prediction
+    if isinstance(prediction, tuple):
+        return tuple(part[:m] for part in prediction)
+    return prediction[:m]
 
 
 def fit_temperature(posterior, data: TaskData) -> float | None:
     """T minimising the validation NLL of the tempered predictive p̄^(1/T) / Σ p̄^(1/T) (Guo et al.,
     2017, applied to the posterior predictive p̄ rather than to one network's logits); None without
     a labelled validation split or for regression. Accuracy does not change: the argmax is kept."""
+    return fit_temperatures(posterior, data, (None,))[None]
+
+
+def fit_temperatures(posterior, data: TaskData, sizes: Sequence[int | None]) -> dict[int | None, float | None]:
+    """`fit_temperature` for the first m members or samples of the posterior, each m in `sizes`
+    (None: all), from one pass over the validation split."""
     validation = data.extras.get("validation")
     if data.kind == REGRESSION or validation is None:
-        return None
-    x, y = validation
-    log_p, labels, rows = [], [], 0
-    for prediction, batch_labels in _batches(posterior, x, y):
+        return dict.fromkeys(sizes)
+    log_p, labels, rows = {m: [] for m in sizes}, [], 0
+    for prediction, batch_labels in _batches(posterior, *validation):
         probs = prediction.double().flatten(1, -2)  # (S, B·T, C)
         batch_labels = batch_labels.reshape(-1).to(probs.device)
         scored = batch_labels != IGNORE_INDEX
-        log_p.append(probs[:, scored].mean(0).clamp_min(1e-300).log().cpu())
+        for m in sizes:
+            log_p[m].append(_first(probs, m)[:, scored].mean(0).clamp_min(1e-300).log().cpu())
         labels.append(batch_labels[scored].cpu())
         rows += int(scored.sum()) * probs.shape[-1]
         if rows >= TEMPERATURE_BUDGET:
             break
-    log_p, labels = torch.cat(log_p), torch.cat(labels)
+    labels = torch.cat(labels)
     if len(labels) == 0:
-        return None
+        return dict.fromkeys(sizes)
+    return {m: _temperature(torch.cat(log_p[m]), labels) for m in sizes}
+
+
+def _temperature(log_p: torch.Tensor, labels: torch.Tensor) -> float:
     from scipy.optimize import minimize_scalar  # here: scipy.optimize costs every worker a second to import
 
     def nll(log_t: float) -> float:
@@ -105,15 +127,16 @@ def _batches(posterior, x: torch.Tensor, y: torch.Tensor | None):
 
 
 def _scores(posterior, x: torch.Tensor, y: torch.Tensor | None, kind: str,
-            temperature: float | None = None) -> dict[str, torch.Tensor]:
-    """Per-example scores, flattened over tokens when the predictions are per token (see _batches)."""
-    batches = []
+            temperatures: dict[int | None, float | None]) -> dict[int | None, dict[str, torch.Tensor]]:
+    """Per-example scores of the first m members for each m in `temperatures` (None: all), flattened
+    over tokens when the predictions are per token (see _batches)."""
+    batches = {m: [] for m in temperatures}
     for prediction, labels in _batches(posterior, x, y):
-        if kind == REGRESSION:
-            batches.append(_regression_scores(*prediction, labels))
-        else:
-            batches.append(_classification_scores(prediction, labels, temperature))
-    return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
+        for m, temperature in temperatures.items():
+            part = _first(prediction, m)
+            batches[m].append(_regression_scores(*part, labels) if kind == REGRESSION
+                              else _classification_scores(part, labels, temperature))
+    return {m: {key: torch.cat([b[key] for b in parts]) for key in parts[0]} for m, parts in batches.items()}
 
 
 def _classification_scores(probs: torch.Tensor, labels, temperature: float | None = None) -> dict[str, torch.Tensor]:

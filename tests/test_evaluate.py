@@ -88,3 +88,47 @@ def test_no_temperature_without_a_validation_split():
     data.extras.clear()
     assert ev.fit_temperature(OverconfidentPosterior(), data) is None
     assert "nll_ts" not in ev.evaluate(OverconfidentPosterior(), data)["test"]
+
+
+class FreshDrawsPosterior:
+    """S members drawn afresh at every predict, as MC dropout's masks are: Dirichlet probabilities
+    around the inputs' softmax. Records every draw so the test can score them independently."""
+
+    def __init__(self, samples=8):
+        self.samples, self.generator, self.drawn = samples, torch.Generator().manual_seed(3), []
+
+    def predict(self, logits):
+        concentration = 5 * logits.softmax(-1) + 0.1
+        gammas = torch._standard_gamma(concentration.expand(self.samples, *logits.shape).contiguous(),
+                                       generator=self.generator)
+        probs = gammas / gammas.sum(-1, keepdim=True)  # (S, B, C)
+        self.drawn.append(probs)
+        return probs
+
+
+def test_sub_ensembles_are_the_first_m_of_the_same_draws_and_their_temperature_is_their_own():
+    data = overconfident_data(n=600)
+    data.eval_sets["other"] = (0.2 * data.eval_sets["test"][0], None)
+    posterior = FreshDrawsPosterior()
+    result = ev.evaluate_sub_ensembles(posterior, data, (2, 4, 8))
+    val_x, val_y = data.extras["validation"]
+    # The recorded batches, in order: the validation split (temperatures), then each evaluation set.
+    validation, test, other = torch.cat(posterior.drawn, 1).split(
+        [len(val_x), len(data.eval_sets["test"][0]), len(data.eval_sets["other"][0])], dim=1)
+    labels = data.eval_sets["test"][1]
+    for m in (2, 4, 8, None):
+        first = slice(None, m)
+        # Independent: the decomposition, NLL and temperature of the first m of the recorded draws.
+        parts = U.decompose(test[first].double())
+        assert result[m]["test"]["epistemic"] == pytest.approx(parts["epistemic"].mean().item(), rel=1e-10)
+        assert result[m]["other"]["epistemic"] == pytest.approx(
+            U.decompose(other[first].double())["epistemic"].mean().item(), rel=1e-10)
+        assert result[m]["test"]["nll"] == pytest.approx(
+            U.nll(test[first].double().mean(0), labels).mean().item(), rel=1e-10)
+        log_p = validation[first].double().mean(0).log()
+        grid = torch.linspace(0.3, 3, 2701, dtype=torch.float64)
+        best = grid[torch.stack([torch.nn.functional.cross_entropy(log_p / t, val_y) for t in grid]).argmin()]
+        assert result[m]["test"]["temperature"] == pytest.approx(best.item(), abs=0.005)
+    assert result[8] == result[None]  # m = S is the whole posterior, from the same draws
+    eu = [result[m]["test"]["epistemic"] for m in (2, 4, 8)]
+    assert eu[0] < eu[1] < eu[2]  # nested draws: the plug-in MI grows with m like (m - 1) / m
