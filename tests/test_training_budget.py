@@ -152,6 +152,19 @@ def test_the_validation_loss_stored_is_that_of_the_weights_kept():
     assert log.outcome.val_loss == pytest.approx(member_nll.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("train", [dict(until="converged", val_fraction=0.2, patience_steps=40, max_epochs=400),
+                                   dict(until="converged", min_steps=200, patience_steps=10, max_epochs=400),
+                                   dict(until="converged", patience_steps=10_000, max_epochs=3),
+                                   dict(epochs=2, min_steps=30)])
+def test_guaranteed_steps_bound_the_steps_every_run_takes(train):
+    # per-cell IVON beta2 relies on it: a lower bound, and the exact count for the fixed budget
+    row = run_cell(digits_cell(**train), report=lambda rows: None)[0]
+    steps_run = row["epoch"] * budget.steps_per_epoch(Train(batch_size=32, **train), row["n_fit"])
+    bound = budget.guaranteed_steps(Train(batch_size=32, **train), row["n_fit"])
+    assert 0 < bound <= steps_run
+    assert bound == steps_run or train.get("until") == "converged"
+
+
 def test_the_cap_and_the_fixed_budget_are_stored_as_such():
     capped = run_cell(digits_cell(until="converged", patience_steps=10_000, max_epochs=3), report=lambda rows: None)[0]
     assert (capped["stop_reason"], capped["epochs_run"]) == ("cap", 3)

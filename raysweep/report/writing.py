@@ -48,8 +48,7 @@ def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep r
     lines += [f"![{path.stem}]({path.name})" for path in figures] + [""]
     lines += members.section(fitted_rows, out_dir, plots)  # only where the store has grid.members rows
     if "exact" in set(ok["method"]) and len(set(ok["method"])) > 1:  # a ground truth to compare with
-        lines += fidelity.section(_all_members(raw), out_dir)
-        lines += ["![fidelity](fidelity.png)", ""] if (out_dir / "fidelity.png").exists() else []
+        lines += fidelity.section(_all_members(raw), out_dir)  # with its figure
     lines += checklist(fits, ok, n_boot, holdout, shown)
     lines += appendix(fits, fitted, table, target_eu)
     path = out_dir / "report.md"

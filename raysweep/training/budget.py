@@ -46,6 +46,16 @@ def epochs_for(train, n: int) -> int:
     return max(train.epochs, math.ceil(train.min_steps / steps_per_epoch(train, n)))
 
 
+def guaranteed_steps(train, n: int) -> int:
+    """A lower bound on the optimiser steps every run of this budget takes on n examples: the fixed
+    budget's exact count; early stopping runs at least min_steps, patience_steps and one epoch, within
+    its cap of max_epochs."""
+    per_epoch = steps_per_epoch(train, n)
+    if train.until == CONVERGED:
+        return min(train.max_epochs * per_epoch, max(train.min_steps, train.patience_steps, per_epoch))
+    return epochs_for(train, n) * per_epoch
+
+
 def max_epochs(train, n: int) -> int:
     """Epochs the training loop may run: the fixed budget, or the converged mode's cap."""
     return train.max_epochs if train.until == CONVERGED else epochs_for(train, n)
