@@ -72,7 +72,7 @@ def run_cell(cell: dict, report: Report, device: str = "cpu") -> list[dict]:
     # None: all S members/samples; then grid.members' nested sub-ensembles of the same pool
     evaluations = evaluate_sub_ensembles(posterior, data, cell.get("members", []), cell["eval"]["ece_bins"])
     elapsed = time.time() - started
-    facts = _training_facts(log, train, model is not None) | {"n_fit": len(data.train_x)}
+    facts = _training_facts(log, train, model is not None) | {"n_fit": len(data.train_x)} | method.facts(posterior)
     facts["train_flops"] = _train_flops(facts, params, data, method.networks_trained(options)) if model else 0.0
     reason = quality.degenerate(evaluations[None], quality.baselines(data))
     status = {"status": "ok"} if reason is None else {"status": "degenerate", "error": reason}

@@ -1,4 +1,5 @@
 import copy
+import json
 import math
 import re
 from dataclasses import replace
@@ -11,7 +12,7 @@ from raysweep import experiment as E
 from raysweep.cell import run_cell
 from raysweep.evaluate import evaluate
 from raysweep.experiment import Train
-from raysweep.methods import METHODS, Method, MethodOptions, csgld, dropout, ensemble, laplace, sghmc, swag, vi
+from raysweep.methods import METHODS, Method, MethodOptions, csgld, dropout, ensemble, ivon, laplace, sghmc, swag, vi
 from raysweep.models.cnn import CNN
 from raysweep.models.mlp import MLP
 from raysweep.models.resnet import ResNet
@@ -428,3 +429,32 @@ def test_ivon_forgets_its_initial_hessian_within_a_short_budget(hess_init):
         eu[beta2] = evaluate(posterior, data)["test"]["epistemic"]
     assert eu[0.0] == pytest.approx(optimal_eu, rel=0.25)
     assert not 0.67 < eu[0.999] / optimal_eu < 1.5
+
+
+def test_ivon_cells_store_how_much_of_their_hessian_is_still_hess_init_and_the_report_says_so(tmp_path):
+    from raysweep import report, store
+    from raysweep.training import budget
+
+    def grid_cells(beta2):
+        e = E.Experiment(name="ivon-h0", task=Digits(n_test=100), model=MLP(width=16, depth=1),
+                       grid=E.Grid(n=(200, 400), sizes=(16,), methods=("ivon",), seeds=(0,)),
+                       train=Train(epochs=1, min_steps=100, batch_size=32),
+                       methods=MethodOptions(ivon=ivon.Options(lr=0.1, hess_init=10.0, beta2=beta2, samples=4)))
+        return E.cells(e.validate())
+
+    for beta2 in (0.999, 0.0):
+        for cell in grid_cells(beta2):
+            rows = run_cell(cell, lambda rows: None)
+            coordinates = {key: cell[key] for key in ("n", "size", "size_knob", "method", "seed")}
+            coordinates |= {"variant": store.variant(cell), "config": json.dumps(cell)}  # as trial.StoreCallback
+            store.write_cell(tmp_path / "results", [row | coordinates for row in rows])
+            train = Train(**cell["train"])
+            steps = rows[0]["epoch"] * budget.steps_per_epoch(train, rows[0]["n_fit"])
+            expected = (beta2 or 0.01 ** (1 / budget.guaranteed_steps(train, cell["n"]))) ** steps
+            assert [r["hess_init_weight"] for r in rows] == pytest.approx([expected] * len(rows))
+            assert expected > 0.9 if beta2 else expected == pytest.approx(0.01)  # fixed budget: steps guaranteed
+    text = report.write(tmp_path / "results", tmp_path / "report", n_boot=0, plots=False).read_text()
+    statuses = store.load(tmp_path / "results").to_pandas().drop_duplicates("cell_id").set_index("cell_id")["status"]
+    ok_fixed = sum(statuses[c["cell_id"]] == "ok" for c in grid_cells(0.999))
+    notice = f"IVON: in {ok_fixed} of {sum(statuses == 'ok')} cells hess_init still makes up 90-"
+    assert ok_fixed >= 1 and notice in text

@@ -81,5 +81,10 @@ class Method:
         0: the cell runs inside its Tune trial, batched with other cells."""
         return 0
 
+    def facts(self, posterior) -> dict:
+        """Columns of the method's own stored with every row of the cell (IVON: how much of its
+        Hessian estimate is still its initial guess); none by default."""
+        return {}
+
     def __repr__(self) -> str:
         return f"<method {self.name}>"

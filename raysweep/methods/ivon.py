@@ -70,6 +70,14 @@ def ivon_optimizer(params, train, *, ess: int, options: Options, n: int) -> ivon
                          beta2=per_cell_beta2(options, train, n), weight_decay=options.prior_precision / ess)
 
 
+def hess_init_weight(optimizer: ivon_opt.IVON) -> float:
+    """beta2^t after t steps: the share of hess_init still in the Hessian estimate h (the rest is the
+    average of the estimates; IVON's small positivity term aside), i.e. how much of the posterior's
+    variances is the initial guess rather than learned."""
+    (group,) = optimizer.param_groups
+    return group["beta2"] ** optimizer.current_step
+
+
 def posterior_samples(optimizer: ivon_opt.IVON, count: int, generator: torch.Generator) -> torch.Tensor:
     """(S, P) draws from the learned Gaussian, in the optimizer's parameter order."""
     (group,) = optimizer.param_groups
@@ -97,7 +105,12 @@ class IVON(Method):
 
         train_members(stack, data, train, seed, on_epoch, optimizer=factory)
         draws = posterior_samples(built[0], options.samples, torch.Generator().manual_seed(seed))
-        return SampledNetworks(network, draws, data.kind)
+        posterior = SampledNetworks(network, draws, data.kind)
+        posterior.hess_init_weight = hess_init_weight(built[0])
+        return posterior
+
+    def facts(self, posterior) -> dict:
+        return {"hess_init_weight": posterior.hess_init_weight}
 
     def samples(self, options: Options) -> int:
         return options.samples

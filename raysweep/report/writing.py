@@ -92,7 +92,7 @@ MISSING = "—"  # a score the task does not have (regression: no ECE or AURC; t
 def summary_markdown(fits: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, holdout: bool) -> list[str]:
     lines = ["## Summary", ""]
     if fits.empty:
-        return lines + ["No curve has enough points to fit yet.", ""]
+        return lines + ["No curve has enough points to fit yet."] + _initial_guess_lines(ok) + [""]
     rows = tables.summary(fits, ok, table)
     with_s = rows["S"].astype(bool).any()
     header = (["method"] + (["S"] if with_s else []) + ["split", "γ_EU [95% CI] per size, law"]
@@ -111,8 +111,25 @@ def summary_markdown(fits: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, 
               "validation split, T its temperature (T > 1: the predictive was overconfident), NLL TS in nats per "
               "prediction. AURC, AUGRC: areas under the risk-coverage and generalised risk-coverage curves of "
               "rejecting the least confident first (error rates, 0-1)."]
-    lines += _coverage_lines(fits, holdout) + _left_out_lines(table) + [""]
+    lines += _coverage_lines(fits, holdout) + _left_out_lines(table) + _initial_guess_lines(ok) + [""]
     return lines
+
+
+HESS_INIT_NOTICE = 0.05  # IVON cells whose Hessian estimate is still more than this share hess_init
+
+
+def _initial_guess_lines(ok: pd.DataFrame) -> list[str]:
+    """Where IVON's variances are partly its initial guess 1/(N·hess_init), not learned, say so."""
+    if "hess_init_weight" not in ok:
+        return []
+    weights = ok.drop_duplicates("cell_id")["hess_init_weight"].dropna()
+    high = weights[weights > HESS_INIT_NOTICE]
+    if high.empty:
+        return []
+    return [f"IVON: in {len(high)} of {len(weights)} cells hess_init still makes up "
+            f"{100 * high.min():.0f}-{100 * high.max():.0f}% (median {100 * high.median():.0f}%) of the Hessian "
+            "estimate at the end of training, so their EU is partly the initial guess, not learned; "
+            "`--set methods.ivon.beta2=0` chooses beta2 per cell so it makes up at most 1%."]
 
 
 def _coverage_lines(fits: pd.DataFrame, holdout: bool) -> list[str]:
