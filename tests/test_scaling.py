@@ -174,3 +174,19 @@ def test_batched_bootstrap_equals_each_curve_alone():
     for k, fit in zip((1, 2, 3), together):
         alone = scaling.bootstrap(one(k), 100)
         np.testing.assert_allclose(fit.boot, alone.boot, rtol=1e-9)
+
+
+def test_a_law_whose_shape_sits_on_a_bound_is_not_chosen_and_a_fall_no_power_law_follows_is_flagged():
+    # EU falling like exp(-N / 500): offset can only follow it by pushing x0 past the data (or b to 10),
+    # i.e. by a shape its bounds impose; the curve keeps a law that estimates its parameters, and the
+    # lack of fit says that no power law follows it.
+    x = np.repeat([50.0, 100, 200, 400, 800, 1100], 3)
+    fits = {name: scaling.fit(x, noisy(0.1 * np.exp(-x / 500), 0.05), name) for name in scaling.CURVE_LAWS}
+    assert set(fits["offset"].at_bound) & {"b", "x0"} and fits["offset"].aicc < fits["power"].aicc - 10
+    chosen = scaling.select(fits)
+    assert chosen != "offset" and not set(fits[chosen].at_bound) & set(scaling.LAWS[chosen].shape)
+    assert fits[chosen].lack_of_fit_p < 0.01
+    assert scaling.select_by_holdout(fits, {"offset": 0.0, "power": 0.5}) == "power"
+    # a true shifted power law keeps its interior offset fit
+    shifted = {name: scaling.fit(N, noisy(3.0 * (N - 60) ** -1.0, 0.005), name) for name in scaling.CURVE_LAWS}
+    assert scaling.select(shifted) == "offset"

@@ -194,7 +194,7 @@ def checklist(fits: pd.DataFrame, ok: pd.DataFrame, n_boot: int, holdout: bool, 
 
 def _bound_text(p: str, low: float, high: float) -> str:
     if p == "x0":  # data-dependent
-        return "x0 in [-0.9 min x, 10 max x]"
+        return "x0 in [-0.9 min x, max x]"
     return f"{p} in [{low:g}, {high:g}]"
 
 

@@ -102,6 +102,9 @@ class Law:
     exponents: tuple[str, ...]  # the parameters reported as exponents
     independent: tuple[str, ...] = ("x",)
     scales: tuple[str, ...] = ()  # amplitudes (bounds 0, inf), moved as logs by the vectorised LM
+    # The shape parameters a fit must estimate, not meet a bound, to be chosen (selection.eligible):
+    # the exponents, and offset's x0. Amplitudes and floors at 0 are allowed (a floor of 0 is the power law).
+    shape: tuple[str, ...] = ()
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -120,15 +123,18 @@ def _parameters_of(function, skip: int) -> tuple[str, ...]:
 LAWS = {
     # b < 0 allowed for the power law: a rising curve is a finding about a method, not a failed fit
     "power": Law(power_law, power_inner, guess_power,
-                 lambda x: {"a": (0, np.inf), "b": (-10, 10)}, ("b",), scales=("a",)),
+                 lambda x: {"a": (0, np.inf), "b": (-10, 10)}, ("b",), scales=("a",), shape=("b",)),
     "saturating": Law(saturating_law, saturating_inner, guess_saturating,
-                      lambda x: {"a": (0, np.inf), "b": (0, 10), "c": (0, np.inf)}, ("b",), scales=("a",)),
+                      lambda x: {"a": (0, np.inf), "b": (0, 10), "c": (0, np.inf)}, ("b",), scales=("a",),
+                      shape=("b",)),
     "offset": Law(offset_law, offset_inner, guess_offset,
-                  lambda x: {"a": (0, np.inf), "b": (0, 10), "x0": (-0.9 * np.min(x), 10 * np.max(x))}, ("b",),
-                  scales=("a",)),
+                  # x0 <= max x: at the largest x run the local slope b·x/(x + x0) is then at least b/2, so
+                  # the data reach the power-law regime; a larger shift is a bend the data never leave
+                  lambda x: {"a": (0, np.inf), "b": (0, 10), "x0": (-0.9 * np.min(x), np.max(x))}, ("b",),
+                  scales=("a",), shape=("b", "x0")),
     "joint": Law(joint_law, joint_inner, guess_joint,
                  lambda n, p: {"E": (0, np.inf), "A": (0, np.inf), "alpha": (0, 10), "B": (0, np.inf), "beta": (0, 10)},
-                 ("alpha", "beta"), independent=("n", "p"), scales=("A", "B")),
+                 ("alpha", "beta"), independent=("n", "p"), scales=("A", "B"), shape=("alpha", "beta")),
 }
 CURVE_LAWS = ("power", "saturating", "offset")  # the laws tried on a one-variable curve, simplest first
 
