@@ -190,3 +190,11 @@ def test_a_law_whose_shape_sits_on_a_bound_is_not_chosen_and_a_fall_no_power_law
     # a true shifted power law keeps its interior offset fit
     shifted = {name: scaling.fit(N, noisy(3.0 * (N - 60) ** -1.0, 0.005), name) for name in scaling.CURVE_LAWS}
     assert scaling.select(shifted) == "offset"
+
+
+def test_a_saturating_fit_with_its_floor_at_zero_is_reported_as_the_power_law_it_is():
+    fits = {name: scaling.fit(N, noisy(2.0 * N ** -0.5, 0.05, seed=2), name) for name in scaling.CURVE_LAWS}
+    assert "c" in fits["saturating"].at_bound
+    assert fits["saturating"].predict(N) == pytest.approx(fits["power"].predict(N), rel=1e-3)  # the same curve
+    assert scaling.select_by_holdout(fits, {"saturating": 0.01, "power": 0.02, "offset": 0.5}) == "power"
+    assert "saturating" not in scaling.eligible(fits)

@@ -24,11 +24,12 @@ from raysweep.scaling.extrapolate import (
 )
 from raysweep.scaling.laws import CURVE_LAWS, LAWS, Law, joint_law, model, offset_law, power_law, saturating_law
 from raysweep.scaling.pointfit import LawFit, aicc, fit, fit_joint, fit_many, trend, unfit
-from raysweep.scaling.selection import RULE_AICC, RULE_HOLDOUT, select, select_by_holdout
+from raysweep.scaling.selection import RULE_AICC, RULE_HOLDOUT, eligible, select, select_by_holdout
 from raysweep.scaling.solver import power_wls, refit_many
 
 __all__ = ["BEYOND_FACTOR", "CURVE_LAWS", "Holdout", "LAWS", "Law", "LawFit", "RULE_AICC", "RULE_HOLDOUT",
            "aicc", "band", "beyond", "bootstrap", "bootstrap_many", "fit", "fit_joint", "fit_many", "holdout",
            "holdout_check", "holdout_refits", "joint_law", "model", "offset_law", "power_law", "power_wls",
            "refit_many", "resamples", "saturating_law", "select", "select_by_holdout", "solve_for_x", "trend",
+           "eligible",
            "unfit"]

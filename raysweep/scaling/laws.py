@@ -105,6 +105,9 @@ class Law:
     # The shape parameters a fit must estimate, not meet a bound, to be chosen (selection.eligible):
     # the exponents, and offset's x0. Amplitudes and floors at 0 are allowed (a floor of 0 is the power law).
     shape: tuple[str, ...] = ()
+    # (parameter, simpler law): with this parameter on its bound the law is the simpler one (saturating
+    # with c = 0 is the power law), so it is reported as that law (selection.eligible)
+    reduces_to: tuple[str, str] | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -126,7 +129,7 @@ LAWS = {
                  lambda x: {"a": (0, np.inf), "b": (-10, 10)}, ("b",), scales=("a",), shape=("b",)),
     "saturating": Law(saturating_law, saturating_inner, guess_saturating,
                       lambda x: {"a": (0, np.inf), "b": (0, 10), "c": (0, np.inf)}, ("b",), scales=("a",),
-                      shape=("b",)),
+                      shape=("b",), reduces_to=("c", "power")),
     "offset": Law(offset_law, offset_inner, guess_offset,
                   # x0 <= max x: at the largest x run the local slope b·x/(x + x0) is then at least b/2, so
                   # the data reach the power-law regime; a larger shift is a bend the data never leave

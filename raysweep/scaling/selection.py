@@ -21,10 +21,19 @@ def eligible(fits: dict[str, LawFit]) -> dict[str, LawFit]:
     """The fitted laws that estimate their shape. A shape parameter on a bound was imposed, not
     estimated: offset with b = 10 and x0 beyond the data is an exponential-like fall that no power
     law follows, and its 10x extrapolation is whatever the bound allows; AICc's comparison does not
-    hold at a boundary either. Where every law meets a bound, all stay (and carry the flag)."""
+    hold at a boundary either. Where every law meets a bound, all stay (and carry the flag). A law on
+    the bound that makes it a simpler candidate law is that law, and leaves it the choice."""
     fitted = {law: f for law, f in fits.items() if f.ok}
     interior = {law: f for law, f in fitted.items() if not set(f.at_bound) & set(LAWS[law].shape)}
-    return interior or fitted
+    candidates = interior or fitted
+    return {law: f for law, f in candidates.items() if not _is_simpler_law(law, f, candidates)}
+
+
+def _is_simpler_law(law: str, fit: LawFit, candidates: dict[str, LawFit]) -> bool:
+    """True where the fit sits where the law becomes a simpler one that is itself a candidate (a
+    saturating fit with its floor at 0 is the power law: it is reported as the power law)."""
+    reduces = LAWS[law].reduces_to
+    return reduces is not None and reduces[0] in fit.at_bound and reduces[1] in candidates
 
 
 def select(fits: dict[str, LawFit], criterion: str = "aicc") -> str | None:
