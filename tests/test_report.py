@@ -252,3 +252,21 @@ def test_summary_scores_are_the_store_means_at_the_largest_n_and_size_and_a_dash
             assert float(cells[header]) == pytest.approx(expected.mean(), abs=0.6 * 10 ** -digits), (split, key)
     assert all(table[("exact", "test")][header] == "—" for header in SCORES.values())
     assert "↓ lower is better" in text and "nan" not in text[text.index("## Summary"):text.index("Holdout")]
+
+
+def test_holdout_coverage_far_below_nominal_is_called_unsupported_beside_the_number():
+    from raysweep.report import writing
+
+    def fits(inside_n, inside_p, checks=20):
+        return pd.DataFrame({"chosen": True, "chosen_aicc": True, "size": np.tile([8, 32, 128, 512], checks // 4),
+                             "holdout_n_inside": [True] * inside_n + [False] * (checks - inside_n),
+                             "holdout_p_inside": [True] * inside_p + [False] * (checks - inside_p)})
+
+    good = writing._coverage_lines(fits(19, 18), holdout=True)
+    assert len(good) == 1 and "largest N: 19/20 (95%)" in good[0] and "largest P: 18/20 (90%)" in good[0]
+    bad = writing._coverage_lines(fits(19, 7), holdout=True)
+    assert len(bad) == 2 and "largest P: 7/20 (35%)" in bad[0]
+    assert bad[1].startswith("The bands understate the error of extrapolating in P (35% covered")
+    assert "4 model sizes: a law in P is checked on 3" in bad[1]
+    few = writing._coverage_lines(fits(1, 1, checks=4), holdout=True)  # too few checks to judge
+    assert len(few) == 1

@@ -132,10 +132,15 @@ def _initial_guess_lines(ok: pd.DataFrame) -> list[str]:
             "`--set methods.ivon.beta2=0` chooses beta2 per cell so it makes up at most 1%."]
 
 
+# Holdout coverage below this share of the nominal 95% (over at least COVERAGE_CHECKS points) means the
+# bands understate the error of extrapolating along that axis: the report says so beside the number.
+COVERAGE_FLOOR, COVERAGE_CHECKS = 0.8, 10
+
+
 def _coverage_lines(fits: pd.DataFrame, holdout: bool) -> list[str]:
     if not holdout:
         return ["Holdout coverage not measured (run `python -m raysweep.fit RUN_DIR --holdout`)."]
-    parts = []
+    parts, verdicts = [], []
     for which, name in (("n", "N"), ("p", "P")):
         inside, checked = tables.coverage(fits, which)
         aicc_inside, aicc_checked = tables.coverage(fits, which, "chosen_aicc")
@@ -144,7 +149,16 @@ def _coverage_lines(fits: pd.DataFrame, holdout: bool) -> list[str]:
                          f"inside the nominal 95% prediction band of the chosen law "
                          f"(AICc's choice: {aicc_inside}/{aicc_checked}, "
                          f"{100 * aicc_inside / max(aicc_checked, 1):.0f}%)")
-    return ["Holdout coverage, " + "; ".join(parts) + "." if parts else "No holdout could be made."]
+        if checked >= COVERAGE_CHECKS and inside / checked < COVERAGE_FLOOR:
+            verdicts.append(f"The bands understate the error of extrapolating in {name} ({100 * inside / checked:.0f}% "
+                            f"covered, not 95%): treat this report's predictions beyond the largest {name} run as "
+                            f"unsupported{_sizes_hint(fits) if which == 'p' else ''}.")
+    return ["Holdout coverage, " + "; ".join(parts) + "." if parts else "No holdout could be made."] + verdicts
+
+
+def _sizes_hint(fits: pd.DataFrame) -> str:
+    sizes = fits["size"].dropna().nunique() if "size" in fits else 0
+    return f" ({sizes} model sizes: a law in P is checked on {sizes - 1}; more sizes make it testable)" if sizes else ""
 
 
 def _left_out_lines(table: pd.DataFrame) -> list[str]:
