@@ -72,7 +72,7 @@ def test_report_opens_with_the_summary_and_names_what_was_left_out(written):
     assert text.index("## Summary") < text.index("![") < text.index("## Fitting checklist") < text.index("## Appendix")
     summary = text[text.index("## Summary"):text.index("![")]
     assert "| ensemble | test |" in summary and "γ_EU" in summary and "Holdout coverage, largest N:" in summary
-    assert "1 degenerate (constant predictions)" in summary
+    assert "1 degenerate (constant predictions; ensemble 1)" in summary
     assert "| ensemble2000160 | ensemble | 2000 | 0 | degenerate | constant predictions |" in text
     assert ("### Values left out of the log fits" in text
             and "| ensemble250160 | ensemble | test | epistemic | nan |" in text)
@@ -270,3 +270,17 @@ def test_holdout_coverage_far_below_nominal_is_called_unsupported_beside_the_num
     assert "4 model sizes: a law in P is checked on 3" in bad[1]
     few = writing._coverage_lines(fits(1, 1, checks=4), holdout=True)  # too few checks to judge
     assert len(few) == 1
+
+
+def test_cells_left_out_are_grouped_by_the_kind_of_reason_with_the_methods_behind_them():
+    from raysweep.report import writing
+
+    table = pd.DataFrame([{"cell_id": f"c{i}", "method": method, "n": 50, "size": 8, "seed": i, "status": "degenerate",
+                           "error": f"test accuracy 0.{11 + i} is at chance (always predicting the most common "
+                                    f"class scores 0.1433)"} for i, method in enumerate(["ivon", "ivon", "vi"])]
+                         + [{"cell_id": "f", "method": "vi", "n": 50, "size": 8, "seed": 0, "status": "failed",
+                             "error": "Traceback ...\nRuntimeError: training diverged at epoch 3: loss=nan"}])
+    (line,) = writing._left_out_lines(table)
+    assert line == ("Cells left out: 3 degenerate (test accuracy … is at chance (always predicting the most common "
+                    "class scores …); ivon 2, vi 1); 1 failed (RuntimeError: training diverged at epoch …: loss=nan; "
+                    "vi 1) (appendix).")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,9 +166,16 @@ def _left_out_lines(table: pd.DataFrame) -> list[str]:
     left = tables.left_out_cells(table)
     if left.empty:
         return ["No cell left out."]
-    reasons = left.groupby(["status", "reason"]).size()
-    return ["Cells left out: " + "; ".join(f"{count} {status} ({reason or 'no reason given'})"
-                                          for (status, reason), count in reasons.items()) + " (appendix)."]
+    # one group per kind of reason: the numbers in a reason (each cell's own accuracy) are the appendix's
+    kinds = left.assign(kind=left["reason"].map(lambda r: NUMBER.sub("…", r) if r else "no reason given"))
+    parts = []
+    for (status, kind), group in kinds.groupby(["status", "kind"], sort=True):
+        methods = ", ".join(f"{m} {c}" for m, c in group["method"].value_counts().sort_index().items())
+        parts.append(f"{len(group)} {status} ({kind}; {methods})")
+    return ["Cells left out: " + "; ".join(parts) + " (appendix)."]
+
+
+NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")
 
 
 # ---------------------------------------------------------------- the checklist
