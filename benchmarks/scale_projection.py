@@ -51,24 +51,26 @@ def measure_driver(cells: int, rows_per_cell: int, results_per_cell: int) -> dic
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from store_throughput import make_cells
 
-    from raysweep.trial import StoreCallback
-
-    class Trial:  # the attributes StoreCallback reads
-        def __init__(self, rows):
-            self.trial_id = rows[0]["cell_id"]
-            self.config = {"chunk": [{"cell_id": rows[0]["cell_id"], "experiment": "bench",
-                                      "task": {"name": "regression"}, "model": {"name": "mlp"}, "size_knob": "width",
-                                      "size": 16, "n": 100, "method": "ensemble", "seed": 0}]}
+    from raysweep.trial import StoreCallback, chunk_config
 
     samples = make_cells(cells * rows_per_cell, rows_per_cell)
+    chunks = [[{"cell_id": rows[0]["cell_id"], "experiment": "bench", "task": {"name": "regression"},
+                "model": {"name": "mlp"}, "size_knob": "width", "size": 16, "n": 100, "method": "ensemble",
+                "seed": 0}] for rows in samples]
+
+    class Trial:  # the attributes StoreCallback reads
+        def __init__(self, index):
+            self.trial_id = samples[index][0]["cell_id"]
+            self.config = {"chunk": chunk_config(index, chunks[index])}
+
     per_cell = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        callback = StoreCallback(Path(tmp) / "results", total=len(samples))
+        callback = StoreCallback(Path(tmp) / "results", chunks, total=len(samples))
         with open(os.devnull, "w") as quiet:
             stdout, sys.stdout = sys.stdout, quiet
             try:
-                for rows in samples:
-                    trial = Trial(rows)
+                for index, rows in enumerate(samples):
+                    trial = Trial(index)
                     step = max(1, len(rows) // results_per_cell)
                     start = time.perf_counter()
                     for i in range(0, len(rows), step):

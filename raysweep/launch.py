@@ -322,7 +322,7 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
     from ray import tune
 
     from raysweep import ray_train
-    from raysweep.trial import RowlessJsonLogger, StoreCallback, trainable, trial_dirname, trial_name
+    from raysweep.trial import RowlessJsonLogger, StoreCallback, chunk_config, trainable, trial_dirname, trial_name
 
     started = time.time()
     if args.address:
@@ -350,11 +350,14 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
     batchable = [cell for cell in todo if not ray_train.uses_workers(cell)]
     chunks = ray_train.chunks_of_their_own(todo) + (chunk_cells(batchable, per_trial, slots) if batchable else [])
     print(f"[raysweep] {len(chunks)} trial(s) of up to {max(map(len, chunks))} cell(s) on {slots} slot(s)", flush=True)
-    callback = StoreCallback(store.results_dir(root.parent, experiment.name), total, already_done)
+    callback = StoreCallback(store.results_dir(root.parent, experiment.name), chunks, total, already_done)
+    chunk_refs = [ray.put(chunk) for chunk in chunks]  # each trial fetches its own chunk, not the grid
     tuner = tune.Tuner(
-        tune.with_resources(trainable, lambda config: ray_train.trial_resources(config["chunk"], resources.cpus,
-                                                                                resources.gpus)),
-        param_space={"chunk": tune.grid_search(chunks), "cpus": resources.cpus, "gpus": resources.gpus},
+        tune.with_resources(tune.with_parameters(trainable, chunk_refs=chunk_refs),
+                            lambda config: ray_train.trial_resources(chunks[config["chunk"]["index"]],
+                                                                     resources.cpus, resources.gpus)),
+        param_space={"chunk": tune.grid_search([chunk_config(i, chunk) for i, chunk in enumerate(chunks)]),
+                     "cpus": resources.cpus, "gpus": resources.gpus},
         tune_config=tune.TuneConfig(
             # Small cells would otherwise pay for a fresh worker process each (docs/design.md §6).
             reuse_actors=True,
@@ -377,8 +380,9 @@ def run_sweep(experiment, todo: list[dict], total: int, already_done: int, root:
     try:
         tuner.fit()
     finally:
-        if not args.address:
-            ray.shutdown()
+        # Attached to a cluster (--address), this only disconnects the driver: the cluster stays up,
+        # and a second launch from the same process (a notebook, a retry) can join it again.
+        ray.shutdown()
     check_complete(callback)
     print(f"[raysweep] sweep finished in {time.time() - started:.1f}s", flush=True)
 

@@ -1,8 +1,13 @@
 """The Ray edge: the Tune trainable for a chunk of cells and the driver-side callback that writes the store.
 
-One Tune trial runs a chunk of one or more cells (`config["chunk"]`, see raysweep.launch): small
-cells then share one trial's scheduling cost. Each cell still gets its own Parquet file, its own
-progress line and its own status; a retried trial skips the cells already written (`config["skip"]`).
+One Tune trial runs a chunk of one or more cells (see raysweep.launch): small cells then share one
+trial's scheduling cost. Each cell still gets its own Parquet file, its own progress line and its own
+status; a retried trial skips the cells already written (`config["skip"]`).
+
+A trial's config holds its chunk's index and labels only (`chunk_config`), not the cells: Tune keeps
+every trial's config in its experiment state (three copies, rewritten as the sweep runs), where the
+cells' own configs cost 7 KB a cell. The cells travel once through Ray's object store, one object per
+chunk (`trainable`'s `chunk_refs`), and the driver's callback holds the same list (`StoreCallback`).
 """
 
 from __future__ import annotations
@@ -30,10 +35,18 @@ class CellsFailed(RuntimeError):
     (its retry runs only the cells not yet written)."""
 
 
-def trainable(config: dict) -> None:
-    """One Tune trial = a chunk of cells. Threads follow the CPUs Ray granted; rows go back via tune.report."""
-    if ray_train.uses_workers(config["chunk"][0]):  # a chunk of its own: this trial drives a Train run
-        cell = config["chunk"][0]
+def chunk_config(index: int, cells: list[dict]) -> dict:
+    """What a trial's config says of its chunk: where to find the cells, and the names Tune shows."""
+    more = f"+{len(cells) - 1}" if len(cells) > 1 else ""
+    return {"index": index, "label": chunk_label(cells), "dirname": f"{cell_label(cells[0])}{more}"}
+
+
+def trainable(config: dict, chunk_refs: list) -> None:
+    """One Tune trial = a chunk of cells (chunk_refs: one object ref per chunk, given through
+    tune.with_parameters). Threads follow the CPUs Ray granted; rows go back via tune.report."""
+    cells = ray.get(chunk_refs[config["chunk"]["index"]])
+    if ray_train.uses_workers(cells[0]):  # a chunk of its own: this trial drives a Train run
+        cell = cells[0]
         if cell["cell_id"] not in config.get("skip", ()):
             ray_train.run_cell_on_workers(cell, config["cpus"], config["gpus"])
         return
@@ -41,10 +54,10 @@ def trainable(config: dict) -> None:
     device = "cuda" if config.get("gpus", 0) > 0 and torch.cuda.is_available() else "cpu"
     # The node id is recorded so that a result can be traced to its machine.
     outbox = Outbox(node=ray.get_runtime_context().get_node_id())
-    errors = run_chunk(config["chunk"], outbox.add, device=device, skip=set(config.get("skip", ())))
+    errors = run_chunk(cells, outbox.add, device=device, skip=set(config.get("skip", ())))
     outbox.flush(errors)
     if errors:
-        labels = {cell["cell_id"]: cell_label(cell) for cell in config["chunk"]}
+        labels = {cell["cell_id"]: cell_label(cell) for cell in cells}
         raise CellsFailed("; ".join(f"{labels[cell_id]}: {_last_line(error)}" for cell_id, error in errors.items()))
 
 
@@ -72,8 +85,8 @@ class StoreCallback(tune.Callback):
     rows arrive; prints one progress line per cell. A cell that fails inside a chunk is recorded
     as failed once its trial has no retries left; its siblings keep their own results."""
 
-    def __init__(self, directory, total: int, already_done: int = 0):
-        self.directory = directory
+    def __init__(self, directory, chunks: list[list[dict]], total: int, already_done: int = 0):
+        self.directory, self.chunks = directory, chunks  # chunks[i]: the cells of trials with chunk index i
         self.total, self.done, self.failed = total, already_done, 0
         self.rows: dict[tuple[str, str], list[dict]] = {}  # (trial id, cell id) -> rows received
         self.errors: dict[tuple[str, str], str] = {}  # (trial id, cell id) -> traceback of its last attempt
@@ -93,7 +106,7 @@ class StoreCallback(tune.Callback):
         result.pop("rows", None)
         for cell_id, error in result.get("errors", {}).items():
             self.errors[(trial.trial_id, cell_id)] = error
-        cells = _cells_by_id(trial)
+        cells = {cell["cell_id"]: cell for cell in self._cells(trial)}
         for cell_id in finished:
             rows = self._latest_attempt(trial, cell_id)
             failed = any(row["status"] == "failed" for row in rows)
@@ -122,9 +135,12 @@ class StoreCallback(tune.Callback):
         for cell in self._unwritten(trial):
             self._write_failed(trial, cell, self.errors.get((trial.trial_id, cell["cell_id"]), error))
 
+    def _cells(self, trial) -> list[dict]:
+        return self.chunks[trial.config["chunk"]["index"]]
+
     def _unwritten(self, trial) -> list[dict]:
         written = self.written.get(trial.trial_id, set())
-        return [cell for cell in trial.config["chunk"] if cell["cell_id"] not in written]
+        return [cell for cell in self._cells(trial) if cell["cell_id"] not in written]
 
     def _latest_attempt(self, trial, cell_id: str) -> list[dict]:
         """A retried cell replays its epochs: keep only the rows of its latest attempt."""
@@ -209,17 +225,11 @@ def chunk_label(cells: list[dict]) -> str:
 
 
 def trial_name(trial) -> str:
-    return chunk_label(trial.config["chunk"])
+    return trial.config["chunk"]["label"]
 
 
 def trial_dirname(trial) -> str:
-    cells = trial.config["chunk"]
-    more = f"+{len(cells) - 1}" if len(cells) > 1 else ""
-    return f"{cell_label(cells[0])}{more}_{trial.trial_id}"
-
-
-def _cells_by_id(trial) -> dict[str, dict]:
-    return {cell["cell_id"]: cell for cell in trial.config["chunk"]}
+    return f"{trial.config['chunk']['dirname']}_{trial.trial_id}"
 
 
 def _last_line(text: str | None) -> str:

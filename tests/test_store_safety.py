@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysweep import store
-from raysweep.trial import StoreCallback
+from raysweep.trial import StoreCallback, chunk_config
 
 
 def rows(cell_id, attempt="001", **extra):
@@ -178,8 +178,8 @@ def make_cell(cell_id, n=50, seed=0):
 
 def test_a_cell_whose_rows_cannot_be_written_fails_alone_and_the_sweep_goes_on(tmp_path, capsys):
     cells = [make_cell("bad", seed=2**63), make_cell("good")]  # 2**63 does not fit int64
-    trial = SimpleNamespace(trial_id="t1", config={"chunk": cells}, get_error=lambda: None)
-    callback = StoreCallback(tmp_path, total=2)
+    trial = SimpleNamespace(trial_id="t1", config={"chunk": chunk_config(0, cells)}, get_error=lambda: None)
+    callback = StoreCallback(tmp_path, [cells], total=2)
     final = lambda cell_id: {"cell_id": cell_id, "attempt": "1", "kind": "final", "split": "test", "status": "ok"}
     callback.on_trial_result(0, [], trial, {"rows": [final("bad"), final("good")]})
     callback.on_trial_complete(0, [], trial)

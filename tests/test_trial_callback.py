@@ -19,10 +19,11 @@ CELL = make_cell("c1")
 
 
 class StandInTrial(SimpleNamespace):
-    """What the callback uses of a Tune Trial: id, config (set_config on recovery) and the error text."""
+    """What the callback uses of a Tune Trial: id, config (set_config on recovery) and the error text;
+    its chunk is the callback's chunk 0 (`chunks(t)`)."""
 
     def __init__(self, cells, error=None):
-        super().__init__(trial_id="t1", config={"chunk": cells}, error=error)
+        super().__init__(trial_id="t1", config={"chunk": trial_module.chunk_config(0, cells)}, error=error, cells=cells)
 
     def get_error(self):
         return self.error
@@ -51,8 +52,8 @@ def files_per_cell(directory):
 
 
 def test_a_retried_cell_that_replays_epochs_keeps_only_its_latest_attempt(tmp_path, capsys):
-    callback = StoreCallback(tmp_path, total=1)
     t = trial()
+    callback = StoreCallback(tmp_path, [t.cells], total=1)
     for rows in ([epoch("001", 1)], [epoch("001", 2)], [epoch("002", 1)], [epoch("002", 2)], [final("002", 0.3)]):
         callback.on_trial_result(0, [], t, {"rows": rows})
     callback.on_trial_complete(0, [], t)
@@ -66,8 +67,8 @@ def test_a_retried_cell_that_replays_epochs_keeps_only_its_latest_attempt(tmp_pa
 
 
 def test_a_cell_that_errors_is_recorded_as_failed_with_its_reason(tmp_path, capsys):
-    callback = StoreCallback(tmp_path, total=2)
     t = trial(error="Traceback ...\nRuntimeError: CUDA out of memory")
+    callback = StoreCallback(tmp_path, [t.cells], total=2)
     callback.on_trial_result(0, [], t, {"rows": [epoch("001", 1)]})
     callback.on_trial_error(0, [], t)
     table = store.load(tmp_path)
@@ -79,8 +80,8 @@ def test_a_cell_that_errors_is_recorded_as_failed_with_its_reason(tmp_path, caps
 
 def test_each_cell_of_a_chunk_is_written_to_its_own_file_as_soon_as_it_finishes(tmp_path, capsys):
     cells = [make_cell(f"c{i}", seed=i) for i in (1, 2, 3)]
-    callback = StoreCallback(tmp_path, total=3)
     t = StandInTrial(cells)
+    callback = StoreCallback(tmp_path, [t.cells], total=3)
     # One report may carry the end of one cell and the start of the next.
     callback.on_trial_result(0, [], t, {"rows": [epoch("a1", 1, "c1"), final("a1", 0.1, "c1"), epoch("a2", 1, "c2")]})
     assert files_per_cell(tmp_path) == {"c1": 1}
@@ -98,8 +99,8 @@ def test_each_cell_of_a_chunk_is_written_to_its_own_file_as_soon_as_it_finishes(
 
 def test_a_retried_chunk_skips_the_cells_already_written(tmp_path, capsys):
     cells = [make_cell(f"c{i}", seed=i) for i in (1, 2, 3)]
-    callback = StoreCallback(tmp_path, total=3)
     t = StandInTrial(cells, error="CellsFailed: digits_N50_width16_ensemble_s2: ValueError: bad batch")
+    callback = StoreCallback(tmp_path, [t.cells], total=3)
     callback.on_trial_result(0, [], t, {"rows": [final("a1", 0.1, "c1"), epoch("a2", 1, "c2"), final("a3", 0.3, "c3")],
                                         "errors": {"c2": "Traceback ...\nValueError: bad batch"}})
     callback.on_trial_recover(0, [], t)
@@ -114,8 +115,8 @@ def test_a_retried_chunk_skips_the_cells_already_written(tmp_path, capsys):
 
 def test_a_chunk_out_of_retries_keeps_its_finished_cells_and_records_the_rest_as_failed(tmp_path, capsys):
     cells = [make_cell(f"c{i}", seed=i) for i in (1, 2, 3)]
-    callback = StoreCallback(tmp_path, total=3)
     t = StandInTrial(cells, error="Traceback ...\nRayActorError: The actor died unexpectedly")
+    callback = StoreCallback(tmp_path, [t.cells], total=3)
     callback.on_trial_result(0, [], t, {"rows": [final("a1", 0.1, "c1"), epoch("a2", 1, "c2")]})
     callback.on_trial_error(0, [], t)  # the worker died during c2; c3 never started
     table = store.load(tmp_path).to_pandas().set_index("cell_id")
