@@ -10,7 +10,7 @@ from raysweep.scaling.pointfit import LawFit
 MARGIN = 2.0  # Burnham & Anderson: a difference under 2 is no substantial support for the larger law
 
 ELIGIBLE = ("laws whose exponent (or offset x0) sits on a bound of its range are not chosen while another "
-            "law estimates its own")
+            "law estimates its own, and a saturating fit whose floor is 0 counts as the power law")
 RULE_AICC = (f"lowest AICc (AIC + 2k(k+1)/(n-k-1)); a law with more parameters must lower it by more "
              f"than {MARGIN:g} to replace a simpler one; {ELIGIBLE}")
 RULE_HOLDOUT = ("smallest |relative error| predicting the held-out largest N (largest P for curves against P) "
