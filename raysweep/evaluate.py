@@ -132,6 +132,8 @@ def _scores(posterior, x: torch.Tensor, y: torch.Tensor | None, kind: str,
     over tokens when the predictions are per token (see _batches)."""
     batches = {m: [] for m in temperatures}
     for prediction, labels in _batches(posterior, x, y):
+        # float64 once per batch: each sub-ensemble below is a view of it, not its own copy
+        prediction = tuple(p.double() for p in prediction) if isinstance(prediction, tuple) else prediction.double()
         for m, temperature in temperatures.items():
             part = _first(prediction, m)
             batches[m].append(_regression_scores(*part, labels) if kind == REGRESSION

@@ -162,6 +162,9 @@ def _sizes_hint(fits: pd.DataFrame) -> str:
     return f" ({sizes} model sizes: a law in P is checked on {sizes - 1}; more sizes make it testable)" if sizes else ""
 
 
+NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")  # a cell's own value inside a reason
+
+
 def _left_out_lines(table: pd.DataFrame) -> list[str]:
     left = tables.left_out_cells(table)
     if left.empty:
@@ -174,8 +177,6 @@ def _left_out_lines(table: pd.DataFrame) -> list[str]:
         parts.append(f"{len(group)} {status} ({kind}; {methods})")
     return ["Cells left out: " + "; ".join(parts) + " (appendix)."]
 
-
-NUMBER = re.compile(r"-?\d+(\.\d+)?(e[-+]?\d+)?")
 
 
 # ---------------------------------------------------------------- the checklist

@@ -28,8 +28,7 @@ from raysweep.scaling.selection import RULE_AICC, RULE_HOLDOUT, eligible, select
 from raysweep.scaling.solver import power_wls, refit_many
 
 __all__ = ["BEYOND_FACTOR", "CURVE_LAWS", "Holdout", "LAWS", "Law", "LawFit", "RULE_AICC", "RULE_HOLDOUT",
-           "aicc", "band", "beyond", "bootstrap", "bootstrap_many", "fit", "fit_joint", "fit_many", "holdout",
-           "holdout_check", "holdout_refits", "joint_law", "model", "offset_law", "power_law", "power_wls",
-           "refit_many", "resamples", "saturating_law", "select", "select_by_holdout", "solve_for_x", "trend",
-           "eligible",
-           "unfit"]
+           "aicc", "band", "beyond", "bootstrap", "bootstrap_many", "eligible", "fit", "fit_joint", "fit_many",
+           "holdout", "holdout_check", "holdout_refits", "joint_law", "model", "offset_law", "power_law",
+           "power_wls", "refit_many", "resamples", "saturating_law", "select", "select_by_holdout", "solve_for_x",
+           "trend", "unfit"]
