@@ -26,7 +26,7 @@ def write(tmp_path, text, name="exp.py"):
     "change, message",
     [
         (lambda e: replace(e, grid=replace(e.grid, methods=("ensembel",))),
-         r"unknown method 'ensembel'; allowed: exact, ensemble, dropout"),
+         r"unknown method 'ensembel'; allowed: exact, exact_meanfield, ensemble, dropout"),
         (lambda e: replace(e, task="cifar"), r"unknown task 'cifar'; allowed: regression, digits"),
         (lambda e: replace(e, grid=replace(e.grid, n=(100, -5))), r"grid.n must hold positive integers, got \[-5\]"),
         (lambda e: replace(e, grid=replace(e.grid, n=(0,))), r"grid.n must hold positive integers, got \[0\]"),

@@ -79,6 +79,14 @@ def test_laplace_on_the_linear_model_is_the_exact_posterior(data):
         assert ours[split] / target["exact"] == pytest.approx(1, abs=0.02)
 
 
+@pytest.mark.parametrize("data", [LinearRegression(dim=5).load(60, 0, ["shifted"], 400), correlated_data(60)],
+                         ids=["isotropic", "correlated"])
+def test_exact_meanfield_is_the_best_diagonal_gaussian(data):
+    ours = eu("exact_meanfield", data, None, None)
+    for split, target in targets(data).items():
+        assert ours[split] == pytest.approx(target["meanfield"], rel=1e-9)
+
+
 def test_meanfield_vi_reaches_the_optimal_meanfield_gaussian_and_falls_short_of_the_exact():
     data = correlated_data(200)
     ours = eu("vi", data, vi.Options(guide="meanfield", lr=0.05, samples=500, prior_precision=ALPHA),

@@ -223,8 +223,9 @@ class Blank:
 
 
 # Laplace trains through train_network like SWAG and the samplers, then measures curvature on the
-# training images as they are (the Hessian of the data, not of its augmentations); exact has no network.
-@pytest.mark.parametrize("name", sorted(set(METHODS) - {"exact", "laplace"}))
+# training images as they are (the Hessian of the data, not of its augmentations); exact and
+# exact_meanfield have no network.
+@pytest.mark.parametrize("name", sorted(name for name, m in METHODS.items() if m.uses_model and name != "laplace"))
 def test_every_training_loop_augments_each_minibatch_and_nothing_else(name):
     method = METHODS[name]
     skip_unless_it_trains_an_mlp(method)

@@ -48,6 +48,7 @@ def test_an_unreachable_dataset_is_a_clear_error_before_work(root, monkeypatch):
 # the options below. A method added to the registry without a row here fails the test below.
 HAND_COUNTS = {
     "exact": (0, 0, 1),  # no network: no training FLOPs, P = d
+    "exact_meanfield": (0, 0, 1),  # likewise
     "ensemble": (5, 1, 5),  # members=5
     "dropout": (1, 1, 32),  # samples=32
     "vi": (1, 1, 32),

@@ -1,6 +1,7 @@
 """The quality gate (raysweep/quality.py), the `samples` column, and the inputs refused before Ray
 starts because they would give numbers that mean nothing (EU ≡ 0, an AUROC from one example)."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -126,3 +127,38 @@ def test_fidelity_section_divides_by_the_exact_cell_of_the_same_n_seed_and_split
     lines = fidelity.section(rows, tmp_path)
     assert any(line.startswith("| sghmc | 4 | 2 | 1 [0.5, 1.5] | 1.33 |") for line in lines)
     assert (tmp_path / "fidelity.png").is_file()
+
+
+def test_fidelity_judges_vi_against_the_best_diagonal_gaussian_and_names_what_is_off_target(tmp_path):
+    import pandas as pd
+
+    from raysweep import fidelity
+
+    def row(method, seed, eu, samples=1, **options):
+        return {"method": method, "n": 50, "seed": seed, "split": "test", "epistemic": eu, "samples": samples,
+                "status": "ok", "config": json.dumps({"method_options": options})}
+
+    seeds = (0, 1, 2)
+    bias = 63 / 64
+    rows = pd.DataFrame(
+        [row("exact", seed, 0.4) for seed in seeds] + [row("exact_meanfield", seed, 0.2) for seed in seeds]
+        # 1.27-1.32x the best diagonal Gaussian, tightly: off target
+        + [row("vi", seed, eu, 64) for seed, eu in zip(seeds, (0.25, 0.26, 0.255))]
+        + [row("ivon", seed, eu, 64) for seed, eu in zip(seeds, (0.17, 0.25, 0.21))]  # 0.86-1.27, mean 1.07: on
+        # all three seeds below 1 and the mean 11% below, but too spread to tell from 1 (t-interval ±0.29)
+        + [row("sghmc", seed, 0.4 * bias * r, 64) for seed, r in zip(seeds, (0.74, 0.97, 0.96))]
+        + [row("ensemble", seed, 0.4 * 15 / 16, 16, prior="anchored") for seed in seeds]  # exactly on target
+        + [row("swag", seed, 3.0, 16) for seed in seeds])  # no target: never judged
+    table = fidelity.ratios(rows).set_index("label")
+    assert table.loc["vi", "to_reference"] == pytest.approx(0.255 / (bias * 0.2))
+    assert table.loc["vi", "ratio"] == pytest.approx(0.255 / 0.4)  # against exact as before
+    assert table.loc["sghmc", "to_reference"] == pytest.approx((0.74 + 0.97 + 0.96) / 3)
+    assert table.loc["ensemble (anchored)", "to_reference"] == pytest.approx(1.0)
+    assert table.loc["exact_meanfield", "ratio"] == pytest.approx(0.5)
+    assert pd.isna(table.loc["swag", "to_reference"]) and pd.isna(table.loc["exact_meanfield", "to_reference"])
+    assert table["off_target"].to_dict() == {"ensemble (anchored)": False, "exact_meanfield": False, "ivon": False,
+                                             "sghmc": False, "swag": False, "vi": True}
+    text = "\n".join(fidelity.section(rows, tmp_path))
+    assert "not distinguishable from it over the seeds: ensemble (anchored), ivon, sghmc." in text
+    assert "- vi (reference exact_meanfield): N=50 test: 1.3 [1.27, 1.32]" in text
+    assert "| swag | 16 | 3 | 7.5 [7.5, 7.5] | 8 | — |" in text  # no reference: a dash, not empty commas

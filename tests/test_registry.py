@@ -90,7 +90,9 @@ def test_a_new_method_is_one_file_plus_its_registry_line(tmp_path, root):
     (package / "methods" / "toy.py").write_text(TOY_METHOD)
     registry = package / "methods" / "__init__.py"
     text = registry.read_text()
-    text = text.replace("from raysweep.methods import csgld,", "from raysweep.methods import toy, csgld,")
+    assert "from raysweep.methods.base import" in text and "    csgld.CSGLD(),\n" in text
+    base_import = "from raysweep.methods.base import"
+    text = text.replace(base_import, f"from raysweep.methods import toy\n{base_import}")
     registry.write_text(text.replace("    csgld.CSGLD(),\n", "    csgld.CSGLD(),\n    toy.Toy(),\n"))
     script = TOY_RUN.replace("EXPERIMENT", repr(str(root / "experiments" / "regression.py")))
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,

@@ -13,11 +13,24 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field, replace
 
-from raysweep.methods import csgld, dropout, ensemble, exact, ivon, laplace, lora_laplace, sghmc, swag, vi
+from raysweep.methods import (
+    csgld,
+    dropout,
+    ensemble,
+    exact,
+    exact_meanfield,
+    ivon,
+    laplace,
+    lora_laplace,
+    sghmc,
+    swag,
+    vi,
+)
 from raysweep.methods.base import Method, NoOptions
 
 REGISTRY: tuple[Method, ...] = (
     exact.Exact(),
+    exact_meanfield.ExactMeanField(),
     ensemble.Ensemble(),
     dropout.Dropout(),
     vi.VI(),

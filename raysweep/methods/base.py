@@ -31,8 +31,6 @@ OnEpoch = Callable[[int, float], None]  # (epoch, mean training loss of that epo
 
 
 @dataclass(frozen=True)
-
-
 class NoOptions:
     """The settings of a method that has none."""
 

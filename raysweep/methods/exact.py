@@ -40,10 +40,15 @@ class Exact(Method):
         return None
 
     def fit(self, data, model, options, train, seed: int, on_epoch, device="cpu") -> Posterior:
-        assert data.kind == REGRESSION
-        noise_var, alpha = data.extras["noise_var"], data.extras["prior_precision"]
-        x, y = data.train_x.double(), data.train_y.double()
-        precision = alpha * torch.eye(x.shape[1], dtype=torch.float64) + x.T @ x / noise_var
-        covariance = torch.linalg.inv(precision)
-        mean = covariance @ (x.T @ y) / noise_var
-        return Posterior(mean, covariance, noise_var)
+        precision, mean, noise_var = conjugate_posterior(data)
+        return Posterior(mean, torch.linalg.inv(precision), noise_var)
+
+
+def conjugate_posterior(data) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(Λ = α I + XᵀX / σ², m_N, σ²) of the task's linear-Gaussian model, in float64."""
+    assert data.kind == REGRESSION
+    noise_var, alpha = data.extras["noise_var"], data.extras["prior_precision"]
+    x, y = data.train_x.double(), data.train_y.double()
+    precision = alpha * torch.eye(x.shape[1], dtype=torch.float64) + x.T @ x / noise_var
+    mean = torch.linalg.solve(precision, x.T @ y) / noise_var
+    return precision, mean, noise_var
