@@ -166,6 +166,18 @@ def _verdict(table: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def summary_notice(rows) -> list[str]:
+    """One line for the report's summary naming the methods off their target, or nothing."""
+    table = ratios(rows)
+    off = table[table["off_target"]] if not table.empty else table
+    if off.empty:
+        return []
+    where = "; ".join(f"{name} at N = {', '.join(str(n) for n in sorted(group['n'].unique()))}"
+                      for name, group in off.groupby("label"))
+    return [f"Off their target on the exact posterior (fidelity section): {where}. Their EU there is not yet "
+            "that of the posterior they approximate, and their laws carry that error.", ""]
+
+
 def _figure(table: pd.DataFrame, splits: list[str], out_dir: Path) -> Path:
     import matplotlib
 
@@ -191,4 +203,4 @@ def _figure(table: pd.DataFrame, splits: list[str], out_dir: Path) -> Path:
     return path
 
 
-__all__ = ["TARGETS", "ratios", "section"]
+__all__ = ["REFERENCE", "TARGETS", "TOLERANCE", "ratios", "section", "summary_notice"]

@@ -162,3 +162,6 @@ def test_fidelity_judges_vi_against_the_best_diagonal_gaussian_and_names_what_is
     assert "not distinguishable from it over the seeds: ensemble (anchored), ivon, sghmc." in text
     assert "- vi (reference exact_meanfield): N=50 test: 1.3 [1.27, 1.32]" in text
     assert "| swag | 16 | 3 | 7.5 [7.5, 7.5] | 8 | — |" in text  # no reference: a dash, not empty commas
+    assert fidelity.summary_notice(rows)[0].startswith("Off their target on the exact posterior (fidelity section): "
+                                                       "vi at N = 50. ")
+    assert fidelity.summary_notice(rows[rows["method"] != "vi"]) == []

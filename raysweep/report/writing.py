@@ -45,10 +45,12 @@ def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep r
     if replaced:
         print(f"[raysweep] {replaced}")
         lines.append(replaced)
+    with_truth = "exact" in set(ok["method"]) and len(set(ok["method"])) > 1  # a ground truth to compare with
     lines += [""] + summary_markdown(fits, ok, table, holdout)
+    lines += fidelity.summary_notice(_all_members(raw)) if with_truth else []
     lines += [f"![{path.stem}]({path.name})" for path in figures] + [""]
     lines += members.section(fitted_rows, out_dir, plots)  # only where the store has grid.members rows
-    if "exact" in set(ok["method"]) and len(set(ok["method"])) > 1:  # a ground truth to compare with
+    if with_truth:
         lines += fidelity.section(_all_members(raw), out_dir)  # with its figure
     lines += checklist(fits, ok, n_boot, holdout, shown)
     lines += appendix(fits, fitted, table, target_eu)
