@@ -34,8 +34,6 @@ from raysweep.training.sgmcmc import (
 
 
 @dataclass(frozen=True)
-
-
 class Options:
     lr: float = 0.1  # peak η·N of each cycle, on the per-example loss scale
     cycles: int = 4

@@ -18,8 +18,6 @@ from raysweep.training.stack import StackedMembers
 
 
 @dataclass(frozen=True)
-
-
 class Options:
     rate: float = 0.1
     samples: int = 32

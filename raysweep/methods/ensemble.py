@@ -29,8 +29,6 @@ PRIORS = ("none", "anchored")
 
 
 @dataclass(frozen=True)
-
-
 class Options:
     members: int = 5
     engine: str = "vmap"  # "vmap": all members as one batched model; "deepspeed": one by one with ZeRO

@@ -48,8 +48,6 @@ LOG_ALPHA_RANGE = (-12.0, 12.0)  # search range of log prior precision for the m
 
 
 @dataclass(frozen=True)
-
-
 class Options:
     hessian: str = "kron"
     prior: str = "marglik"  # "marglik": maximise the evidence; "fixed": use prior_precision

@@ -32,8 +32,6 @@ from raysweep.training.sgmcmc import (
 
 
 @dataclass(frozen=True)
-
-
 class Options:
     lr: float = 0.01  # η·N: the step size on the per-example loss scale (SGD-equivalent lr: lr/friction)
     friction: float = 0.1  # a, in (0, 1]

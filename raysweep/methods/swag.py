@@ -32,8 +32,6 @@ COVARIANCES = ("diagonal", "lowrank")
 
 
 @dataclass(frozen=True)
-
-
 class Options:
     covariance: str = "lowrank"
     rank: int = 10  # K: snapshots kept for the low-rank part

@@ -52,8 +52,6 @@ LR_DECAY = 0.1  # the learning rate falls by this factor over training
 
 
 @dataclass(frozen=True)
-
-
 class Options:
     guide: str = "meanfield"
     rank: int = 10  # guide="lowrank" only
