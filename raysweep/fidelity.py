@@ -179,28 +179,42 @@ def summary_notice(rows) -> list[str]:
 
 
 def _figure(table: pd.DataFrame, splits: list[str], out_dir: Path) -> Path:
+    """Top row: EU / exact EU of every method (log scale). Bottom row: the methods with a reference,
+    debiased EU / their reference on a linear scale with the ±TOLERANCE band, where a miss shows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False, sharey=True)
-    for ax, split in zip(axes[0], splits):
-        for name, group in table[table["split"] == split].groupby("label"):
-            group = group.sort_values("n")
-            ax.errorbar(group["n"], group["ratio"],
-                        yerr=[group["ratio"] - group["ratio_min"], group["ratio_max"] - group["ratio"]],
-                        marker="o", capsize=3, label=name)
-        ax.axhline(1.0, color="black", lw=1, ls="--")
-        ax.set(xscale="log", yscale="log", xlabel="N", title=f"EU / exact EU ({split})")
+    fig, axes = plt.subplots(2, len(splits), figsize=(5.5 * len(splits), 7.5), squeeze=False, sharex=True)
+    colours = {name: f"C{i}" for i, name in enumerate(sorted(table["label"].unique()))}
+    for column, split in enumerate(splits):
+        part = table[table["split"] == split]
+        _ratio_lines(axes[0][column], part, "ratio", "ratio_min", "ratio_max", colours)
+        axes[0][column].set(yscale="log", title=f"EU / exact EU ({split})")
+        _ratio_lines(axes[1][column], part[part["to_reference"].notna()], "to_reference", "reference_min",
+                     "reference_max", colours)
+        axes[1][column].axhspan(1 - TOLERANCE, 1 + TOLERANCE, color="0.9", zorder=0)
+        axes[1][column].set(xlabel="N", title=f"debiased EU / its reference ({split})")
     axes[0][0].set_ylabel("ratio (mean over seeds, min-max)")
-    axes[0][-1].legend(fontsize=8)
+    axes[1][0].set_ylabel(f"ratio (band: ±{TOLERANCE:.0%})")
+    for row in axes:
+        row[-1].legend(fontsize=8)
     fig.tight_layout()
     path = out_dir / "fidelity.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _ratio_lines(ax, part: pd.DataFrame, mean: str, low: str, high: str, colours: dict) -> None:
+    for name, group in part.groupby("label"):
+        group = group.sort_values("n")
+        ax.errorbar(group["n"], group[mean], yerr=[group[mean] - group[low], group[high] - group[mean]],
+                    marker="o", capsize=3, label=name, color=colours[name])
+    ax.axhline(1.0, color="black", lw=1, ls="--")
+    ax.set_xscale("log")
 
 
 __all__ = ["REFERENCE", "TARGETS", "TOLERANCE", "ratios", "section", "summary_notice"]
