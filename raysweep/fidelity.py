@@ -187,18 +187,23 @@ def _figure(table: pd.DataFrame, splits: list[str], out_dir: Path) -> Path:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, len(splits), figsize=(5.5 * len(splits), 7.5), squeeze=False, sharex=True)
+    judged = table[table["to_reference"].notna()]
+    rows = 2 if len(judged) else 1
+    fig, axes = plt.subplots(rows, len(splits), figsize=(5.5 * len(splits), 3.75 * rows), squeeze=False,
+                             sharex=True)
     colours = {name: f"C{i}" for i, name in enumerate(sorted(table["label"].unique()))}
     for column, split in enumerate(splits):
-        part = table[table["split"] == split]
-        _ratio_lines(axes[0][column], part, "ratio", "ratio_min", "ratio_max", colours)
+        _ratio_lines(axes[0][column], table[table["split"] == split], "ratio", "ratio_min", "ratio_max", colours)
         axes[0][column].set(yscale="log", title=f"EU / exact EU ({split})")
-        _ratio_lines(axes[1][column], part[part["to_reference"].notna()], "to_reference", "reference_min",
-                     "reference_max", colours)
-        axes[1][column].axhspan(1 - TOLERANCE, 1 + TOLERANCE, color="0.9", zorder=0)
-        axes[1][column].set(xlabel="N", title=f"debiased EU / its reference ({split})")
+        if rows == 2:
+            _ratio_lines(axes[1][column], judged[judged["split"] == split], "to_reference", "reference_min",
+                         "reference_max", colours)
+            axes[1][column].axhspan(1 - TOLERANCE, 1 + TOLERANCE, color="0.9", zorder=0)
+            axes[1][column].set(title=f"debiased EU / its reference ({split})")
+        axes[-1][column].set_xlabel("N")
     axes[0][0].set_ylabel("ratio (mean over seeds, min-max)")
-    axes[1][0].set_ylabel(f"ratio (band: ±{TOLERANCE:.0%})")
+    if rows == 2:
+        axes[1][0].set_ylabel(f"ratio (band: ±{TOLERANCE:.0%})")
     for row in axes:
         row[-1].legend(fontsize=8)
     fig.tight_layout()
