@@ -68,6 +68,7 @@ SCHEMA = pa.schema(
         ("n_fit", pa.int64()),  # training examples after the validation split (N in the fixed mode)
         ("train_flops", pa.float64()),  # compute C: 6·P·units·examples seen·networks, as run (plan.training_flops)
         ("hess_init_weight", pa.float64()),  # IVON: share of its Hessian estimate still hess_init (Method.facts)
+        ("scale_speed", pa.float64()),  # VI: how fast its guide scales still move at the end, 0-1 (Method.facts)
         ("eval_hash", pa.string()),  # content hash of the row's evaluation set (tasks.data.content_hash)
         ("config", pa.string()),  # the cell's full resolved config, JSON
         ("versions", pa.string()),  # package versions, JSON

@@ -284,3 +284,15 @@ def test_cells_left_out_are_grouped_by_the_kind_of_reason_with_the_methods_behin
     assert line == ("Cells left out: 3 degenerate (test accuracy … is at chance (always predicting the most common "
                     "class scores …); ivon 2, vi 1); 1 failed (RuntimeError: training diverged at epoch …: loss=nan; "
                     "vi 1) (appendix).")
+
+
+def test_the_summary_says_where_a_methods_eu_is_not_yet_learned():
+    from raysweep.report import writing
+
+    cells = pd.DataFrame([{"cell_id": "a", "scale_speed": 0.9}, {"cell_id": "a", "scale_speed": 0.9},  # two splits
+                          {"cell_id": "b", "scale_speed": 0.8}, {"cell_id": "c", "scale_speed": 0.1},
+                          {"cell_id": "d", "scale_speed": float("nan")}, {"cell_id": "e", "hess_init_weight": 0.01}])
+    (line,) = writing._not_learned_lines(cells)
+    assert line.startswith("VI: in 2 of 3 cells the guide's scales still moved at 80-90% (median 85%) of Adam's "
+                           "full step in the last epoch, so their EU is where training stopped")
+    assert writing._not_learned_lines(cells.assign(scale_speed=0.1)) == []  # settled; IVON's 1% is learned too

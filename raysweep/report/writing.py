@@ -95,7 +95,7 @@ MISSING = "—"  # a score the task does not have (regression: no ECE or AURC; t
 def summary_markdown(fits: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, holdout: bool) -> list[str]:
     lines = ["## Summary", ""]
     if fits.empty:
-        return lines + ["No curve has enough points to fit yet."] + _initial_guess_lines(ok) + [""]
+        return lines + ["No curve has enough points to fit yet."] + _not_learned_lines(ok) + [""]
     rows = tables.summary(fits, ok, table)
     with_s = rows["S"].astype(bool).any()
     header = (["method"] + (["S"] if with_s else []) + ["split", "γ_EU [95% CI] per size, law"]
@@ -114,25 +114,37 @@ def summary_markdown(fits: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, 
               "validation split, T its temperature (T > 1: the predictive was overconfident), NLL TS in nats per "
               "prediction. AURC, AUGRC: areas under the risk-coverage and generalised risk-coverage curves of "
               "rejecting the least confident first (error rates, 0-1)."]
-    lines += _coverage_lines(fits, holdout) + _left_out_lines(table) + _initial_guess_lines(ok) + [""]
+    lines += _coverage_lines(fits, holdout) + _left_out_lines(table) + _not_learned_lines(ok) + [""]
     return lines
 
 
-HESS_INIT_NOTICE = 0.05  # IVON cells whose Hessian estimate is still more than this share hess_init
+# Facts a method stores per row (Method.facts) that say, past a threshold, that a cell's EU is not yet
+# learned from the data: (column, threshold, what the share measures, what that means, the way out).
+# Named here rather than by each method: the report is torch-free and does not import the methods.
+NOT_LEARNED = [
+    ("hess_init_weight", 0.05, "IVON: in {high} of {cells} cells hess_init still makes up {shares} of the Hessian "
+     "estimate at the end of training", "so their EU is partly the initial guess, not learned",
+     "`--set methods.ivon.beta2=0` chooses beta2 per cell so it makes up at most 1%"),
+    ("scale_speed", 0.4, "VI: in {high} of {cells} cells the guide's scales still moved at {shares} of Adam's full "
+     "step in the last epoch", "so their EU is where training stopped (set by the step count and the guide's "
+     "initial scale), not the posterior's, and its laws in N follow the budget",
+     "more steps (`train.min_steps`, `train.max_epochs`) or a larger `methods.vi.lr` let the scales settle "
+     "(settled scales move at under 20%)"),
+]
 
 
-def _initial_guess_lines(ok: pd.DataFrame) -> list[str]:
-    """Where IVON's variances are partly its initial guess 1/(N·hess_init), not learned, say so."""
-    if "hess_init_weight" not in ok:
-        return []
-    weights = ok.drop_duplicates("cell_id")["hess_init_weight"].dropna()
-    high = weights[weights > HESS_INIT_NOTICE]
-    if high.empty:
-        return []
-    return [f"IVON: in {len(high)} of {len(weights)} cells hess_init still makes up "
-            f"{100 * high.min():.0f}-{100 * high.max():.0f}% (median {100 * high.median():.0f}%) of the Hessian "
-            "estimate at the end of training, so their EU is partly the initial guess, not learned; "
-            "`--set methods.ivon.beta2=0` chooses beta2 per cell so it makes up at most 1%."]
+def _not_learned_lines(ok: pd.DataFrame) -> list[str]:
+    """Where a method's EU is partly its starting point rather than learned, say so (NOT_LEARNED)."""
+    lines = []
+    cells = ok.drop_duplicates("cell_id")
+    for column, threshold, measured, meaning, remedy in NOT_LEARNED:
+        values = cells[column].dropna() if column in cells else pd.Series(dtype=float)
+        high = values[values > threshold]
+        if high.empty:
+            continue
+        shares = f"{100 * high.min():.0f}-{100 * high.max():.0f}% (median {100 * high.median():.0f}%)"
+        lines.append(f"{measured.format(high=len(high), cells=len(values), shares=shares)}, {meaning}; {remedy}.")
+    return lines
 
 
 # Holdout coverage below this share of the nominal 95% (over at least COVERAGE_CHECKS points) means the
