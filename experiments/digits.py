@@ -29,6 +29,8 @@ experiment = Experiment(
     methods=MethodOptions(
         ensemble=ensemble.Options(members=5),
         dropout=dropout.Options(rate=0.2, samples=32),
+        # At lr 0.03 the guide's scales are still moving when training stops (scale_speed 0.4-0.98: the
+        # report says so); where they settle (lr 0.1-0.3) mean-field VI under-fits (accuracy 0.10-0.66)
         vi=vi.Options(guide="meanfield", lr=3e-2, samples=16),
         # IVON's initial Hessian sets its initial posterior width 1/sqrt(N·h0): at h0 = 1 the weights of
         # cells with N <= 100 stayed too noisy to learn (test accuracy 0.13-0.15); h0 = 10 reached 0.78-0.81
