@@ -165,3 +165,23 @@ def test_fidelity_judges_vi_against_the_best_diagonal_gaussian_and_names_what_is
     assert fidelity.summary_notice(rows)[0].startswith("Off their target on the exact posterior (fidelity section): "
                                                        "vi at N = 50. ")
     assert fidelity.summary_notice(rows[rows["method"] != "vi"]) == []
+
+
+def test_fidelity_keeps_sizes_apart_and_judges_only_the_conjugate_model(tmp_path):
+    import pandas as pd
+
+    from raysweep import fidelity
+
+    def row(method, seed, eu, model=None, size=None):
+        return {"method": method, "n": 50, "seed": seed, "split": "test", "epistemic": eu, "samples": 64,
+                "status": "ok", "config": "{}", "model": model, "size": size, "size_knob": "width" if size else None}
+
+    rows = pd.DataFrame([row("exact", seed, 0.4) for seed in (0, 1, 2)]
+                        + [row("vi", seed, 0.4 * eu, "mlp", 32) for seed, eu in zip((0, 1, 2), (2.0, 2.1, 2.2))]
+                        + [row("vi", seed, 0.4 * eu, "mlp", 128) for seed, eu in zip((0, 1, 2), (4.0, 4.1, 4.2))])
+    table = fidelity.ratios(rows).set_index("label")
+    assert table["ratio"].to_dict() == pytest.approx({"vi, width 32": 2.1, "vi, width 128": 4.1})  # not pooled: 3.1
+    assert table["to_reference"].isna().all() and not table["off_target"].any()  # an MLP has no target here
+    text = "\n".join(fidelity.section(rows, tmp_path))
+    assert "| vi, width 32 | 64 | 3 | 2.1 [2, 2.2] |" in text and "none on this model" in text
+    assert fidelity.summary_notice(rows) == []
