@@ -88,7 +88,7 @@ def ratios(rows) -> pd.DataFrame:
     approx = table[table["method"] != "exact"].join(references["exact"].rename("exact_eu"), on=key, how="inner")
     approx["ratio"] = approx["epistemic"] / approx["exact_eu"]
     s = approx["samples"].astype(float)
-    approx["bias"] = ((s - 1) / s).where(s > 1).where(~approx["label"].isin(CLOSED_FORM), 1.0)
+    approx["bias"] = ((s - 1) / s).where(s > 1).where(~approx["variant"].isin(CLOSED_FORM), 1.0)
     approx["to_reference"] = float("nan")
     # Judged only on the conjugate model itself: on another model (experiments/regression.py's MLPs)
     # the ratio mixes the method's error with the model's mismatch, and has no target.

@@ -178,9 +178,12 @@ def test_fidelity_keeps_sizes_apart_and_judges_only_the_conjugate_model(tmp_path
 
     rows = pd.DataFrame([row("exact", seed, 0.4) for seed in (0, 1, 2)]
                         + [row("vi", seed, 0.4 * eu, "mlp", 32) for seed, eu in zip((0, 1, 2), (2.0, 2.1, 2.2))]
-                        + [row("vi", seed, 0.4 * eu, "mlp", 128) for seed, eu in zip((0, 1, 2), (4.0, 4.1, 4.2))])
+                        + [row("vi", seed, 0.4 * eu, "mlp", 128) for seed, eu in zip((0, 1, 2), (4.0, 4.1, 4.2))]
+                        + [row("laplace", seed, 0.4 * 1.5, "mlp", 32) for seed in (0, 1, 2)])
     table = fidelity.ratios(rows).set_index("label")
-    assert table["ratio"].to_dict() == pytest.approx({"vi, width 32": 2.1, "vi, width 128": 4.1})  # not pooled: 3.1
+    assert table["ratio"].to_dict() == pytest.approx({"vi, width 32": 2.1, "vi, width 128": 4.1,  # not pooled: 3.1
+                                                      "laplace, width 32": 1.5})
+    assert table.loc["laplace, width 32", "ratio_debiased"] == pytest.approx(1.5)  # closed form on any model
     assert table["to_reference"].isna().all() and not table["off_target"].any()  # an MLP has no target here
     text = "\n".join(fidelity.section(rows, tmp_path))
     assert "| vi, width 32 | 64 | 3 | 2.1 [2, 2.2] |" in text and "none on this model" in text
