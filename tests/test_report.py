@@ -292,7 +292,10 @@ def test_the_summary_says_where_a_methods_eu_is_not_yet_learned():
     cells = pd.DataFrame([{"cell_id": "a", "scale_speed": 0.9}, {"cell_id": "a", "scale_speed": 0.9},  # two splits
                           {"cell_id": "b", "scale_speed": 0.8}, {"cell_id": "c", "scale_speed": 0.1},
                           {"cell_id": "d", "scale_speed": float("nan")}, {"cell_id": "e", "hess_init_weight": 0.01}])
+    cells["method"] = ["vi", "vi", "vi", "vi", "vi (lr=0.3)", "ivon"]
     (line,) = writing._not_learned_lines(cells)
     assert line.startswith("VI: in 2 of 3 cells the guide's scales still moved at 80-90% (median 85%) of Adam's "
                            "full step in the last epoch, so their EU is where training stopped")
     assert writing._not_learned_lines(cells.assign(scale_speed=0.1)) == []  # settled; IVON's 1% is learned too
+    assert writing._not_learned_methods(cells) == {"vi"}  # 2 of its 3 cells; the summary marks its γ
+    assert writing._not_learned_methods(cells.assign(scale_speed=0.1)) == set()

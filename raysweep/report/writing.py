@@ -101,8 +101,11 @@ def summary_markdown(fits: pd.DataFrame, ok: pd.DataFrame, table: pd.DataFrame, 
     header = (["method"] + (["S"] if with_s else []) + ["split", "γ_EU [95% CI] per size, law"]
               + [name for _, name, _ in SCORE_COLUMNS] + ["holdout inside", "left out"])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    unlearned = _not_learned_methods(ok)
     for r in rows.to_dict("records"):
-        cells = ([r["method"]] + ([r["S"]] if with_s else []) + [r["split"], r["gamma_eu"] or "unfit"]
+        gamma = r["gamma_eu"] or "unfit"
+        gamma = f"not learned (below): {gamma}" if r["method"] in unlearned else gamma
+        cells = ([r["method"]] + ([r["S"]] if with_s else []) + [r["split"], gamma]
                  + [_num(r[key], spec) or MISSING for key, _, spec in SCORE_COLUMNS]
                  + [f"{r['holdout_inside']}/{r['holdout_checked']}" if r["holdout_checked"] else "", r["left_out"]])
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -145,6 +148,18 @@ def _not_learned_lines(ok: pd.DataFrame) -> list[str]:
         shares = f"{100 * high.min():.0f}-{100 * high.max():.0f}% (median {100 * high.median():.0f}%)"
         lines.append(f"{measured.format(high=len(high), cells=len(values), shares=shares)}, {meaning}; {remedy}.")
     return lines
+
+
+def _not_learned_methods(ok: pd.DataFrame) -> set[str]:
+    """The methods most of whose cells are past a NOT_LEARNED threshold: their γ is the budget's."""
+    cells = ok.drop_duplicates("cell_id")
+    flagged = set()
+    for column, threshold, *_ in NOT_LEARNED:
+        if column in cells:
+            share = (cells[column] > threshold).groupby(cells["method"]).mean()
+            measured = cells[column].notna().groupby(cells["method"]).any()
+            flagged |= set(share[(share > 0.5) & measured].index)
+    return flagged
 
 
 # Holdout coverage below this share of the nominal 95% (over at least COVERAGE_CHECKS points) means the
