@@ -142,7 +142,7 @@ def section(rows, out_dir: str | Path) -> list[str]:
                   "| method | S | seeds | " + " | ".join(f"N={n}" for n in ns)
                   + " | debiased (all N) | to its reference (all N) | target |",
                   "|---|---|---|" + "---|" * len(ns) + "---|---|---|"]
-        for name, group in table[table["split"] == split].groupby("label"):
+        for name, group in sorted(table[table["split"] == split].groupby("label"), key=lambda item: _order(item[0])):
             by_n = {r.n: r for r in group.itertuples()}
             cells = " | ".join(_cell(by_n[n]) if n in by_n else "" for n in ns)
             samples = int(group["samples"].max()) if pd.notna(group["samples"].max()) else ""
@@ -153,6 +153,12 @@ def section(rows, out_dir: str | Path) -> list[str]:
     lines += _verdict(table)
     lines += [f"![fidelity]({_figure(table, splits, Path(out_dir)).name})", ""]
     return lines
+
+
+def _order(name: str) -> tuple:
+    """Sort key of a label: the variant, then its size as a number ("width 32" before "width 128")."""
+    kind, _, size = name.rpartition(", ")
+    return (kind, int(size.split()[-1])) if kind and size.split()[-1].isdigit() else (name, 0)
 
 
 def _target(group: pd.DataFrame) -> str:

@@ -187,4 +187,5 @@ def test_fidelity_keeps_sizes_apart_and_judges_only_the_conjugate_model(tmp_path
     assert table["to_reference"].isna().all() and not table["off_target"].any()  # an MLP has no target here
     text = "\n".join(fidelity.section(rows, tmp_path))
     assert "| vi, width 32 | 64 | 3 | 2.1 [2, 2.2] |" in text and "none on this model" in text
+    assert text.index("| vi, width 32 |") < text.index("| vi, width 128 |")  # sizes in numeric order
     assert fidelity.summary_notice(rows) == []
