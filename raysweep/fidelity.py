@@ -28,6 +28,11 @@ from scipy import stats
 # whatever their S: no plug-in bias to remove.
 CLOSED_FORM = ("laplace", "exact_meanfield")
 
+# A chain's S samples are correlated: the plug-in variance over them is low by the variance of their
+# mean, σ²/ESS rather than σ²/S, so after the (S-1)/S debias the ratio sits a little below 1.
+CORRELATED_SAMPLES = ("1 after the (S-1)/S bias, a little below with correlated samples (the plug-in variance "
+                      "loses σ²/ESS, not σ²/S), and more spread between seeds")
+
 # What each method's EU converges to on the linear-Gaussian model, and why.
 TARGETS = {
     "laplace": "1: with an identity feature map the Laplace posterior is the exact one",
@@ -40,8 +45,8 @@ TARGETS = {
     "ensemble (anchored)": "1 after the (S-1)/S bias: randomize-then-optimize draws exact posterior samples",
     "ensemble": ("none (→ 0 at convergence: every member reaches the same least-squares fit); what is measured is "
                  "constant-lr Adam's jitter about that fit, wider than the posterior at large N"),
-    "sghmc": "1 after the (S-1)/S bias (its samples are correlated, so more spread between seeds)",
-    "csgld": "1 after the (S-1)/S bias (its samples are correlated, so more spread between seeds)",
+    "sghmc": CORRELATED_SAMPLES,
+    "csgld": CORRELATED_SAMPLES,
     "swag": "none: its covariance is that of SGD's iterates, set by the learning rate and batch size, "
             "not by the posterior",
     "dropout": "none: input dropout's spread is set by the rate, not by the posterior",
