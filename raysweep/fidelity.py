@@ -1,8 +1,9 @@
 """The fidelity section of the report: each method's epistemic uncertainty against the exact
 posterior of the same model, on the linear-Gaussian task (experiments/fidelity.py).
 
-`section(rows, out_dir)` takes the store's final rows (raysweep.store.load(...), as a pyarrow Table
-or a pandas DataFrame), writes `fidelity.png` into out_dir and returns the section's markdown lines.
+`ratios(rows)` takes the store's final rows (raysweep.store.load(...), as a pyarrow Table or a pandas
+DataFrame); `section(table, out_dir)` takes its result, writes `fidelity.png` into out_dir and returns
+the section's markdown lines; `summary_notice(table)` the summary's line.
 Torch-free, like the rest of the report.
 
 Per method, N and split the ratio is mean over seeds of EU_method / EU_exact (the exact cell of the
@@ -87,6 +88,8 @@ def ratios(rows) -> pd.DataFrame:
     if table.empty or "exact" not in set(table["method"]):
         return pd.DataFrame()
     table["variant"], table["label"] = table.apply(variant, axis=1), table.apply(label, axis=1)
+    sized = table["label"] != table["variant"]
+    table["size_order"] = pd.to_numeric(table["size"], errors="coerce").where(sized, 0) if "size" in table else 0
     key = ["n", "seed", "split"]
     references = {name: table[table["method"] == name].set_index(key)["epistemic"]
                   for name in ("exact", "exact_meanfield")}
@@ -103,7 +106,8 @@ def ratios(rows) -> pd.DataFrame:
         eu = approx.loc[mine].join(reference.rename("reference_eu"), on=key)["reference_eu"]
         approx.loc[mine, "to_reference"] = approx.loc[mine, "epistemic"] / (approx.loc[mine, "bias"] * eu)
     grouped = approx.groupby(["label", "n", "split"])
-    out = grouped.agg(variant=("variant", "first"), samples=("samples", "max"), seeds=("seed", "nunique"),
+    out = grouped.agg(variant=("variant", "first"), size_order=("size_order", "first"),
+                      samples=("samples", "max"), seeds=("seed", "nunique"),
                       ratio=("ratio", "mean"),
                       ratio_min=("ratio", "min"), ratio_max=("ratio", "max"), bias=("bias", "mean"),
                       to_reference=("to_reference", "mean"), reference_min=("to_reference", "min"),
@@ -127,9 +131,8 @@ def _cell(row) -> str:
     return f"{row.ratio:.3g} [{row.ratio_min:.3g}, {row.ratio_max:.3g}]"
 
 
-def section(rows, out_dir: str | Path) -> list[str]:
-    """Markdown lines of the fidelity section; writes out_dir/fidelity.png."""
-    table = ratios(rows)
+def section(table: pd.DataFrame, out_dir: str | Path) -> list[str]:
+    """Markdown lines of the fidelity section of a `ratios` table; writes out_dir/fidelity.png."""
     if table.empty:
         return ["## Fidelity against the exact posterior", "", "No exact cells to compare with.", ""]
     splits = sorted(table["split"].unique(), key=lambda s: (s != "test", s))
@@ -147,7 +150,8 @@ def section(rows, out_dir: str | Path) -> list[str]:
                   "| method | S | seeds | " + " | ".join(f"N={n}" for n in ns)
                   + " | debiased (all N) | to its reference (all N) | target |",
                   "|---|---|---|" + "---|" * len(ns) + "---|---|---|"]
-        for name, group in sorted(table[table["split"] == split].groupby("label"), key=lambda item: _order(item[0])):
+        part = table[table["split"] == split].sort_values(["variant", "size_order"])
+        for name, group in part.groupby("label", sort=False):
             by_n = {r.n: r for r in group.itertuples()}
             cells = " | ".join(_cell(by_n[n]) if n in by_n else "" for n in ns)
             samples = int(group["samples"].max()) if pd.notna(group["samples"].max()) else ""
@@ -158,12 +162,6 @@ def section(rows, out_dir: str | Path) -> list[str]:
     lines += _verdict(table)
     lines += [f"![fidelity]({_figure(table, splits, Path(out_dir)).name})", ""]
     return lines
-
-
-def _order(name: str) -> tuple:
-    """Sort key of a label: the variant, then its size as a number ("width 32" before "width 128")."""
-    kind, _, size = name.rpartition(", ")
-    return (kind, int(size.split()[-1])) if kind and size.split()[-1].isdigit() else (name, 0)
 
 
 def _target(group: pd.DataFrame) -> str:
@@ -198,9 +196,8 @@ def _verdict(table: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def summary_notice(rows) -> list[str]:
-    """One line for the report's summary naming the methods off their target, or nothing."""
-    table = ratios(rows)
+def summary_notice(table: pd.DataFrame) -> list[str]:
+    """One line for the report's summary naming the methods off their target (a `ratios` table), or nothing."""
     off = table[table["off_target"]] if not table.empty else table
     if off.empty:
         return []

@@ -124,7 +124,7 @@ def test_fidelity_section_divides_by_the_exact_cell_of_the_same_n_seed_and_split
     table = fidelity.ratios(rows)
     assert table["ratio"].tolist() == pytest.approx([(0.5 + 1.5) / 2])  # the degenerate cell is left out
     assert table["ratio_debiased"].tolist() == pytest.approx([1.0 / 0.75])
-    lines = fidelity.section(rows, tmp_path)
+    lines = fidelity.section(fidelity.ratios(rows), tmp_path)
     assert any(line.startswith("| sghmc | 4 | 2 | 1 [0.5, 1.5] | 1.33 |") for line in lines)
     assert (tmp_path / "fidelity.png").is_file()
 
@@ -158,13 +158,13 @@ def test_fidelity_judges_vi_against_the_best_diagonal_gaussian_and_names_what_is
     assert pd.isna(table.loc["swag", "to_reference"]) and pd.isna(table.loc["exact_meanfield", "to_reference"])
     assert table["off_target"].to_dict() == {"ensemble (anchored)": False, "exact_meanfield": False, "ivon": False,
                                              "sghmc": False, "swag": False, "vi": True}
-    text = "\n".join(fidelity.section(rows, tmp_path))
+    text = "\n".join(fidelity.section(fidelity.ratios(rows), tmp_path))
     assert "not distinguishable from it over the seeds: ensemble (anchored), ivon, sghmc." in text
     assert "- vi (reference exact_meanfield): N=50 test: 1.3 [1.27, 1.32]" in text
     assert "| swag | 16 | 3 | 7.5 [7.5, 7.5] | 8 | — |" in text  # no reference: a dash, not empty commas
-    assert fidelity.summary_notice(rows)[0].startswith("Off their target on the exact posterior (fidelity section): "
-                                                       "vi at N = 50. ")
-    assert fidelity.summary_notice(rows[rows["method"] != "vi"]) == []
+    notice = fidelity.summary_notice(fidelity.ratios(rows))
+    assert notice[0].startswith("Off their target on the exact posterior (fidelity section): vi at N = 50. ")
+    assert fidelity.summary_notice(fidelity.ratios(rows[rows["method"] != "vi"])) == []
 
 
 def test_fidelity_keeps_sizes_apart_and_judges_only_the_conjugate_model(tmp_path):
@@ -185,7 +185,7 @@ def test_fidelity_keeps_sizes_apart_and_judges_only_the_conjugate_model(tmp_path
                                                       "laplace, width 32": 1.5})
     assert table.loc["laplace, width 32", "ratio_debiased"] == pytest.approx(1.5)  # closed form on any model
     assert table["to_reference"].isna().all() and not table["off_target"].any()  # an MLP has no target here
-    text = "\n".join(fidelity.section(rows, tmp_path))
+    text = "\n".join(fidelity.section(fidelity.ratios(rows), tmp_path))
     assert "| vi, width 32 | 64 | 3 | 2.1 [2, 2.2] |" in text and "none on this model" in text
     assert text.index("| vi, width 32 |") < text.index("| vi, width 128 |")  # sizes in numeric order
-    assert fidelity.summary_notice(rows) == []
+    assert fidelity.summary_notice(fidelity.ratios(rows)) == []

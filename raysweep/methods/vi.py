@@ -148,8 +148,7 @@ class ScaleSpeed:
         return torch.cat(scales) if scales else None
 
     def start_epoch(self) -> None:
-        self.before = self._scales()
-        self.before = None if self.before is None else self.before.clone()
+        self.before = self._scales()  # torch.cat copies: training does not move it
 
     def end_epoch(self, steps: int) -> None:
         reach = sum(self.lr * self.lrd ** (k + 1) for k in range(steps))  # ClippedAdam decays, then steps
@@ -159,8 +158,9 @@ class ScaleSpeed:
 
 
 class Posterior:
-    def __init__(self, model: Model, draws: dict, store_state: dict, kind: str):
+    def __init__(self, model: Model, draws: dict, store_state: dict, kind: str, scale_speed: float):
         self.model, self.draws, self.store_state, self.kind = model, draws, store_state, kind
+        self.scale_speed = scale_speed  # ScaleSpeed.last: how far from settled the guide was
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor):
@@ -254,9 +254,7 @@ class VI(Method):
             budget.report_outcome(on_epoch, budget.Outcome(epoch, loss, val_loss, stop_reason))
             with torch.no_grad():
                 draws = Predictive(guide, num_samples=options.samples)(x[:1])  # {site: (S, ...)}
-        posterior = Posterior(pyro_model, draws, store_state, data.kind)
-        posterior.scale_speed = speed.last
-        return posterior
+        return Posterior(pyro_model, draws, store_state, data.kind, speed.last)
 
     def facts(self, posterior) -> dict:
         return {"scale_speed": posterior.scale_speed}

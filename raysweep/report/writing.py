@@ -46,12 +46,13 @@ def write(results_dir: str | Path, out_dir: str | Path, title: str = "raysweep r
         print(f"[raysweep] {replaced}")
         lines.append(replaced)
     with_truth = "exact" in set(ok["method"]) and len(set(ok["method"])) > 1  # a ground truth to compare with
+    fidelity_table = fidelity.ratios(_all_members(raw)) if with_truth else None
     lines += [""] + summary_markdown(fits, ok, table, holdout)
-    lines += fidelity.summary_notice(_all_members(raw)) if with_truth else []
+    lines += fidelity.summary_notice(fidelity_table) if with_truth else []
     lines += [f"![{path.stem}]({path.name})" for path in figures] + [""]
     lines += members.section(fitted_rows, out_dir, plots)  # only where the store has grid.members rows
     if with_truth:
-        lines += fidelity.section(_all_members(raw), out_dir)  # with its figure
+        lines += fidelity.section(fidelity_table, out_dir)  # with its figure
     lines += checklist(fits, ok, n_boot, holdout, shown)
     lines += appendix(fits, fitted, table, target_eu)
     path = out_dir / "report.md"
